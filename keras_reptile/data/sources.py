@@ -1,0 +1,37 @@
+"""Dataset name -> task sources for meta-training and meta-test classes."""
+
+from __future__ import annotations
+
+from keras_reptile.config import Config
+from keras_reptile.data.tasks import ClassificationTasks, SineTasks
+
+DATA_SOURCES = ("local", "tfds")
+
+
+def load_tasks(config: Config, data_dir: str | None, data_source: str = "local"):
+    """Returns `(train_tasks, test_tasks)` for `config.dataset`."""
+    if data_source not in DATA_SOURCES:
+        raise ValueError(
+            f"Unknown data source. Expected one of {DATA_SOURCES}. "
+            f"Received: data_source={data_source!r}"
+        )
+    if config.dataset == "sine":
+        return SineTasks(), SineTasks()
+    if config.dataset == "omniglot":
+        from keras_reptile.data.omniglot import load_omniglot
+
+        if not data_dir and data_source == "local":
+            raise ValueError(
+                "Omniglot needs --data_dir (the folder with the two official zips). "
+                "Received: data_dir=None"
+            )
+        splits = load_omniglot(data_dir, seed=config.seed, source=data_source)
+    elif config.dataset == "miniimagenet":
+        from keras_reptile.data.miniimagenet import load_miniimagenet
+
+        if not data_dir:
+            raise ValueError("Mini-ImageNet needs --data_dir. Received: data_dir=None")
+        splits = load_miniimagenet(data_dir)
+    else:
+        raise ValueError(f"Unknown dataset. Received: dataset={config.dataset!r}")
+    return ClassificationTasks(splits.train), ClassificationTasks(splits.test)

@@ -1,0 +1,1 @@
+"""SavedModel signature contract and writer."""
