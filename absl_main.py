@@ -8,12 +8,14 @@ import dataclasses
 import os
 import sys
 
-from absl import app, flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
 
-from keras_reptile.config import STRATEGIES, Config
-from keras_reptile.data.sources import DATA_SOURCES
-from keras_reptile.presets import PRESETS, get_preset
-from keras_reptile.run import MODES
+from absl import app, flags, logging  # noqa: E402
+
+from keras_reptile.config import STRATEGIES, Config  # noqa: E402
+from keras_reptile.data.sources import DATA_SOURCES  # noqa: E402
+from keras_reptile.presets import PRESETS, get_preset  # noqa: E402
+from keras_reptile.run import MODES  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("preset", "sine", sorted(PRESETS), "The paper's run to start from.")
@@ -54,6 +56,7 @@ def main(argv):
         raise app.UsageError(
             f"Unexpected arguments: {' '.join(argv[1:])}. Flags take the form --name=value."
         )
+    logging.set_verbosity(logging.WARNING)
     if FLAGS.cpu_devices:
         from keras_reptile.training.strategy import use_cpu_devices
 

@@ -54,7 +54,7 @@ class Config:
     meta_step: float = 1.0
     meta_step_final: float = 0.0
     meta_batch: int = 5
-    meta_iters: int = 10000
+    meta_iters: int = 30000
     eval_batch: int = 10
     eval_iters: int = 32
     eval_samples: int = 1000

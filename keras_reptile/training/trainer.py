@@ -143,11 +143,11 @@ class MetaTrainer:
     def restore(self) -> int:
         """Restores the latest checkpoint if any; returns the step to continue from."""
         self._check_config()
-        if self.manager.latest_checkpoint:
-            self.checkpoint.restore(
-                self.manager.latest_checkpoint
-            ).assert_existing_objects_matched()
-            log.info("Restored %s (step %d).", self.manager.latest_checkpoint, int(self.state.step))
+        # Every worker restores the chief's checkpoint, whichever folder it saves to.
+        latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            log.info("Restored %s (step %d).", latest, int(self.state.step.numpy()))
         return int(self.state.step.numpy())
 
     def _check_config(self) -> None:
@@ -177,7 +177,7 @@ class MetaTrainer:
         c = self.config
         start = self.restore()
         if start >= c.meta_iters:
-            log.info("Already trained to step %d of %d: skipping training.", start, c.meta_iters)
+            print(f"Already trained to step {start} of {c.meta_iters}: not retraining.", flush=True)
             return start
         if start:
             print(f"Resuming from checkpoint at step {start}.", flush=True)

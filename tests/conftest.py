@@ -1,0 +1,27 @@
+"""Shared test set-up: two logical CPU devices (for mirrored tests) and the Omniglot location."""
+
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+OMNIGLOT_DIR = pathlib.Path(
+    os.environ.get("KERAS_REPTILE_OMNIGLOT_DIR", REPO_ROOT.parent / "shared" / "data" / "omniglot")
+)
+
+# Must happen before TensorFlow initialises its devices.
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+
+
+@pytest.fixture
+def class_images():
+    from tests.fakes import fake_class_images
+
+    return fake_class_images()

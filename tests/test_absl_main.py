@@ -1,0 +1,134 @@
+"""absl_main.py as a user runs it: usage errors, SIGKILL then resume, the sine default."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO_ROOT
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO_ROOT))
+
+
+def main_command(*flags):
+    return [sys.executable, str(REPO_ROOT / "absl_main.py"), *flags]
+
+
+def run_main(*flags, cwd=None, timeout=600):
+    return subprocess.run(
+        main_command(*flags),
+        cwd=cwd or REPO_ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--preset=omniglot_3w"], "omniglot_5w1s"),  # lists the valid presets
+        (["--strategy=tpu"], "mirrored"),
+        (["--mode=serve"], "train"),
+        (["--foml_tail=2"], "pass --foml too"),
+        (["--meta_batch=0"], "Received: meta_batch=0"),
+        (["--learning_rate=-1"], "Received: learning_rate=-1"),
+        (["--preset=omniglot_5w1s"], "needs --data_dir"),
+        (["--preset=omniglot_5w1s", "--data_dir=/nonexistent"], "/nonexistent"),
+        (["stray"], "Unexpected arguments: stray"),
+        (["--mode=evaluate", "--model_dir=/tmp/keras_reptile_no_such_run"], "No checkpoint"),
+    ],
+)
+def test_bad_flags_give_usage_errors_not_tracebacks(flags, expected, tmp_path):
+    result = run_main(*flags, cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert expected in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def latest_step(model_dir) -> int:
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+@pytest.mark.slow
+def test_sigkill_then_same_command_resumes_from_the_checkpoint(tmp_path):
+    model_dir = str(tmp_path / "run")
+    flags = [
+        "--meta_iters=2500",
+        "--checkpoint_interval=100",
+        "--eval_interval=0",
+        "--mode=train",
+        f"--model_dir={model_dir}",
+    ]
+    proc = subprocess.Popen(
+        main_command(*flags),
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 300
+        while latest_step(model_dir) < 300 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        killed_at = latest_step(model_dir)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    assert 300 <= killed_at < 2500
+    resumed = run_main(*flags, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    step = int(re.search(r"Resuming from checkpoint at step (\d+)", resumed.stdout).group(1))
+    assert step >= killed_at
+    assert latest_step(model_dir) == 2500
+    again = run_main(*flags, cwd=tmp_path)
+    assert "Already trained to step 2500" in again.stdout
+
+
+@pytest.mark.slow
+def test_sine_default_runs_end_to_end(tmp_path):
+    # The README's main job with fewer iterations: train, evaluate, plot, export.
+    result = run_main("--meta_iters=1500", "--eval_samples=300", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "runs/sine/eval_results.json").read_text())
+    meta = results["test"]["mse"]["mean"]
+    random_init = results["test_from_random_init"]["mse"]["mean"]
+    assert meta < random_init / 3, (meta, random_init)
+    assert re.search(r"test\s+mse: MSE", result.stdout)
+    assert (tmp_path / "runs/sine/sine_adaptation.png").stat().st_size > 10_000
+    export = tmp_path / "saved_models/sine/1"
+    card = json.loads((export / "assets.extra/model_card.json").read_text())
+    assert card["measured"]["test"]["mse"]["mean"] == meta
+    loaded = tf.saved_model.load(str(export))
+    x = np.linspace(-4, 4, 10, dtype=np.float32)[:, None]
+    adapt = loaded.signatures["adapt_and_predict"]
+    y = 2 * np.sin(x + 1)
+    out = adapt(
+        support_inputs=x, support_targets=y, query_inputs=x, inner_steps=32, learning_rate=0.02
+    )["predictions"]
+    before = adapt(
+        support_inputs=x, support_targets=y, query_inputs=x, inner_steps=0, learning_rate=0.02
+    )["predictions"]
+    assert out.shape == (10, 1) and np.all(np.isfinite(out))
+    assert np.mean((out - y) ** 2) < np.mean((before - y) ** 2)  # adaptation helped
+    # TF Serving fills left-out optional inputs from the SignatureDef's defaults.
+    from tensorflow.python.saved_model import loader_impl
+
+    graph = loader_impl.parse_saved_model(str(export)).meta_graphs[0]
+    defaults = graph.signature_def["adapt_and_predict"].defaults
+    assert defaults["inner_steps"].int_val == [32]
+    # A second run exports the next version; the first is left as it was.
+    again = run_main("--meta_iters=1500", "--eval_samples=300", "--mode=export", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "saved_models/sine/2/saved_model.pb").exists()

@@ -1,0 +1,147 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_reptile.config import Config
+from keras_reptile.data.tasks import ClassificationTasks, SineTasks
+from keras_reptile.run import build_functional_model
+from keras_reptile.training.strategy import make_strategy
+from keras_reptile.training.trainer import MetaTrainer
+from tests.fakes import fake_class_images
+
+TINY = Config(
+    dataset="omniglot",
+    model="omniglot_cnn",
+    classes=3,
+    shots=1,
+    train_shots=3,
+    inner_batch=4,
+    inner_iters=3,
+    learning_rate=0.01,
+    sgd=True,
+    meta_step=1.0,
+    meta_step_final=0.0,
+    meta_batch=4,
+    meta_iters=4,
+    eval_batch=3,
+    eval_iters=2,
+    eval_samples=4,
+    eval_interval=0,
+    checkpoint_interval=2,
+)
+
+
+def make_trainer(model_dir, config=TINY, strategy="default"):
+    tasks = ClassificationTasks(fake_class_images(shape=(28, 28, 1)))
+    fmodel = build_functional_model(config, tasks.input_shape)
+    return MetaTrainer(config, fmodel, tasks, make_strategy(strategy), str(model_dir))
+
+
+def trained_weights(model_dir, **kwargs):
+    trainer = make_trainer(model_dir, **kwargs)
+    trainer.train()
+    return trainer.state.numpy_weights(), trainer
+
+
+def assert_trained_and_equal(t1, t2, atol):
+    start = t1.fmodel.initial_weights()
+    one, two = t1.state.numpy_weights(), t2.state.numpy_weights()
+    assert max(np.abs(a - s.numpy()).max() for a, s in zip(one, start)) > 1e-4  # it trained
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(a, b, atol=atol)
+
+
+def test_mirrored_on_two_devices_matches_one_device(tmp_path):
+    assert len(tf.config.list_logical_devices("CPU")) == 2
+    _, t1 = trained_weights(tmp_path / "one")
+    _, t2 = trained_weights(tmp_path / "two", strategy="mirrored")
+    assert t2.strategy.num_replicas_in_sync == 2
+    assert_trained_and_equal(t1, t2, atol=1e-5)
+
+
+def test_mirrored_adam_carries_the_same_statistics(tmp_path):
+    # Sine MLP: no BatchNorm, so no bias whose true gradient is zero and whose Adam step would
+    # amplify float noise (conv biases before BatchNorm do exactly that, here as in the paper).
+    config = Config(
+        meta_iters=4,
+        meta_batch=4,
+        sgd=False,
+        learning_rate=0.01,
+        eval_interval=0,
+        checkpoint_interval=2,
+    )
+    t1 = MetaTrainer(
+        config,
+        build_functional_model(config, (1,)),
+        SineTasks(),
+        make_strategy("default"),
+        str(tmp_path / "one"),
+    )
+    t2 = MetaTrainer(
+        config,
+        build_functional_model(config, (1,)),
+        SineTasks(),
+        make_strategy("mirrored"),
+        str(tmp_path / "two"),
+    )
+    t1.train()
+    t2.train()
+    assert_trained_and_equal(t1, t2, atol=1e-5)
+    for a, b in zip(t1.state.adam_v, t2.state.adam_v):
+        assert float(tf.reduce_max(a)) > 0
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-10)
+    assert (
+        float(t2.state.adam_step.numpy())
+        == config.meta_iters * config.meta_batch * config.inner_iters
+    )
+
+
+def test_meta_batch_must_divide_across_replicas(tmp_path):
+    with pytest.raises(ValueError, match="Received: meta_batch=3"):
+        make_trainer(tmp_path, config=TINY.replace(meta_batch=3), strategy="mirrored")
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    full, _ = trained_weights(tmp_path / "full")
+    _, trainer = trained_weights(tmp_path / "cut")
+    # Drop the final checkpoint, as if the process had died between steps 2 and 4.
+    manager = trainer.manager
+    last = manager.latest_checkpoint
+    for suffix in (".index", ".data-00000-of-00001"):
+        os.remove(last + suffix)
+    tf.compat.v1.train.update_checkpoint_state(manager.directory, manager.checkpoints[0])
+    resumed = make_trainer(tmp_path / "cut")
+    assert resumed.restore() == 2
+    resumed.train()
+    for a, b in zip(full, resumed.state.numpy_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_finished_run_is_not_retrained(tmp_path, capsys):
+    weights, _ = trained_weights(tmp_path)
+    again, trainer = trained_weights(tmp_path)
+    assert "not retraining" in capsys.readouterr().out
+    assert int(trainer.state.step) == TINY.meta_iters
+    for a, b in zip(weights, again):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resuming_with_another_model_raises(tmp_path):
+    trained_weights(tmp_path)
+    with pytest.raises(ValueError, match="Received: classes=4"):
+        make_trainer(tmp_path, config=TINY.replace(classes=4)).restore()
+
+
+def test_checkpoint_holds_weights_adam_state_and_step(tmp_path):
+    _, trainer = trained_weights(tmp_path, config=TINY.replace(sgd=False))
+    names = {name for name, _ in tf.train.list_variables(trainer.manager.latest_checkpoint)}
+    for part in (
+        "state/step",
+        "state/seed",
+        "state/adam_step",
+        "state/adam_v/0",
+        "state/weights/0",
+    ):
+        assert any(n.startswith(part) for n in names), part
