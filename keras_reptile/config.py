@@ -31,6 +31,7 @@ class Config:
         eval_interval: int. Meta-iterations between periodic evaluations (0 = never).
         eval_interval_samples: int. Tasks per periodic evaluation.
         eval_queries: int. Query points per regression task (classification holds out 1 per class).
+        eval_train_classes: bool. The final evaluation also scores meta-training classes.
         transductive: bool. Predict all queries in one batch (BatchNorm sees them together).
         foml: bool. First-order MAML instead of Reptile.
         foml_tail: int. FOMAML's last step uses a separate set of this many shots per class
@@ -61,6 +62,7 @@ class Config:
     eval_interval: int = 1000
     eval_interval_samples: int = 100
     eval_queries: int = 100
+    eval_train_classes: bool = True
     transductive: bool = False
     foml: bool = False
     foml_tail: int = 0

@@ -108,7 +108,11 @@ def evaluate(
     """The final evaluation: `eval_samples` tasks per split; sine also scores the random init."""
     ev = trainer.evaluator
     weights, state = trainer.state.read_weights(), trainer.state.optimizer_state()
-    runs = [(split, tasks, weights, state) for split, tasks in eval_tasks.items()]
+    runs = [
+        (split, tasks, weights, state)
+        for split, tasks in eval_tasks.items()
+        if split != "train" or config.eval_train_classes
+    ]
     if config.is_regression:
         runs.append(
             (

@@ -1,4 +1,4 @@
-"""Inner loop, inner optimizers, and the Reptile / FOMAML updates."""
+"""Inner loop, inner optimizers, the Reptile / FOMAML updates, and the stacked fast path."""
 
 from keras_reptile.algorithms.functional import FunctionalModel
 from keras_reptile.algorithms.inner_loop import (
@@ -9,18 +9,42 @@ from keras_reptile.algorithms.inner_loop import (
     sgd_step,
 )
 from keras_reptile.algorithms.inner_optimizers import AdamState, InnerOptimizer
-from keras_reptile.algorithms.reptile import meta_step_size, meta_update, task_update
+from keras_reptile.algorithms.reptile import (
+    TaskBatches,
+    meta_step_size,
+    meta_update,
+    stack_batches,
+    task_batches,
+    task_update,
+)
+from keras_reptile.algorithms.stacked import (
+    StackedModel,
+    adapt_tasks,
+    predict_tasks,
+    stack,
+    stack_state,
+    supports,
+)
 
 __all__ = [
     "AdamState",
     "FunctionalModel",
     "InnerOptimizer",
+    "StackedModel",
+    "TaskBatches",
     "adapt",
+    "adapt_tasks",
     "inner_loop",
     "meta_step_size",
     "meta_update",
     "minibatch_indices",
     "predict_queries",
+    "predict_tasks",
     "sgd_step",
+    "stack",
+    "stack_batches",
+    "stack_state",
+    "supports",
+    "task_batches",
     "task_update",
 ]

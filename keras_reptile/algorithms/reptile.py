@@ -6,9 +6,17 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from keras_reptile.algorithms.functional import FunctionalModel
 from keras_reptile.algorithms.inner_loop import inner_loop, minibatch_indices, sgd_step
 from keras_reptile.algorithms.inner_optimizers import InnerOptimizer
+
+
+class TaskBatches(NamedTuple):
+    """The inner loop's mini-batches: `inner_iters - 1` head batches, then the last batch."""
+
+    head_x: tf.Tensor  # [inner_iters - 1, batch, ...] (stacked: [inner_iters - 1, T, batch, ...])
+    head_y: tf.Tensor
+    last_x: tf.Tensor  # [batch, ...] (stacked: [T, batch, ...])
+    last_y: tf.Tensor
 
 
 class TaskUpdate(NamedTuple):
@@ -33,45 +41,63 @@ def split_tail(x: tf.Tensor, y: tf.Tensor, ways: int, tail_shots: int):
     return flat(xs[:, :head]), flat(ys[:, :head]), flat(xs[:, head:]), flat(ys[:, head:])
 
 
+def task_batches(
+    x: tf.Tensor,
+    y: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    inner_batch: int,
+    inner_iters: int,
+    foml_tail: int = 0,
+    ways: int = 1,
+) -> TaskBatches:
+    """Cuts one task's class-ordered examples into the inner loop's mini-batches.
+
+    With `foml_tail`, the first `inner_iters - 1` batches come from the other examples and the last
+    batch is the `foml_tail` held-out shots of every class, which the earlier steps never see.
+    """
+    if foml_tail:
+        x, y, last_x, last_y = split_tail(x, y, ways, foml_tail)
+        idx = minibatch_indices(seed, x.shape[0], inner_batch, inner_iters - 1)
+        return TaskBatches(tf.gather(x, idx), tf.gather(y, idx), last_x, last_y)
+    idx = minibatch_indices(seed, x.shape[0], inner_batch, inner_iters)
+    bx, by = tf.gather(x, idx), tf.gather(y, idx)
+    return TaskBatches(bx[:-1], by[:-1], bx[-1], by[-1])
+
+
+def stack_batches(batches: list[TaskBatches]) -> TaskBatches:
+    """Stacks several tasks' batches for a `StackedModel` (task axis after the step axis)."""
+    return TaskBatches(
+        *(tf.stack(parts, axis=1 if i < 2 else 0) for i, parts in enumerate(zip(*batches)))
+    )
+
+
 def task_update(
-    fmodel: FunctionalModel,
+    model,
     optimizer: InnerOptimizer,
     theta: list[tf.Tensor],
     state,
-    x: tf.Tensor,
-    y: tf.Tensor,
+    batches: TaskBatches,
     *,
-    seed: tf.Tensor,
     lr,
-    inner_batch: int,
-    inner_iters: int,
     foml: bool = False,
-    foml_tail: int = 0,
-    ways: int = 1,
     unroll: bool = True,
 ) -> TaskUpdate:
-    """Trains on one task from `theta` and returns its contribution to the meta-update.
+    """Trains from `theta` on a task's batches; returns its contribution to the meta-update.
 
-    Per-replica maths: no variables are read or written. `x` / `y` hold the task's examples
-    ordered by class. With `foml_tail`, the first `inner_iters - 1` steps use mini-batches of the
-    other examples and the last step uses the `foml_tail` held-out shots of every class.
+    Per-replica maths: no variable is read or written. `model` is a `FunctionalModel` (one task)
+    or a `StackedModel` (`theta`, `state` and `batches` carry a task axis).
     """
-    if foml and foml_tail:
-        x, y, last_x, last_y = split_tail(x, y, ways, foml_tail)
-        idx = minibatch_indices(seed, x.shape[0], inner_batch, inner_iters - 1)
-        head_x, head_y = tf.gather(x, idx), tf.gather(y, idx)
-    else:
-        idx = minibatch_indices(seed, x.shape[0], inner_batch, inner_iters)
-        bx, by = tf.gather(x, idx), tf.gather(y, idx)
-        head_x, head_y, last_x, last_y = bx[:-1], by[:-1], bx[-1], by[-1]
-    head = inner_loop(fmodel, optimizer, theta, state, head_x, head_y, lr, unroll=unroll)
+    head = inner_loop(
+        model, optimizer, theta, state, batches.head_x, batches.head_y, lr, unroll=unroll
+    )
     phi, state, last_loss = sgd_step(
-        fmodel, optimizer, head.weights, head.state, last_x, last_y, lr
+        model, optimizer, head.weights, head.state, batches.last_x, batches.last_y, lr
     )
     origin = head.weights if foml else theta
     delta = [p - o for p, o in zip(phi, origin)]
-    steps = inner_iters - 1
-    mean_loss = (head.mean_loss * steps + last_loss) / inner_iters
+    steps = batches.head_x.shape[0]
+    mean_loss = (head.mean_loss * steps + last_loss) / (steps + 1)
     return TaskUpdate(delta, state, mean_loss)
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from keras_reptile.algorithms import adapt, predict_queries
+from keras_reptile.algorithms import StackedModel, adapt_tasks, predict_tasks, stack, stack_state
 
 # Task streams: each purpose draws its tasks from its own seed stream.
 STREAM_TRAIN, STREAM_EVAL_TRAIN, STREAM_EVAL_TEST, STREAM_INTERVAL, STREAM_PLOT = range(5)
@@ -45,7 +45,8 @@ class Evaluator:
     Each task starts from the same weights and the same carried inner-optimizer state (the
     official code backs them up and restores them around every test task). Classification
     scores both protocols from one adaptation: non-transductive (each query predicted in a batch
-    with the support set) and transductive (all queries in one batch).
+    with the support set) and transductive (all queries in one batch). Tasks are adapted `chunk`
+    at a time as one stacked network (`algorithms/stacked.py`).
 
     Args:
         fmodel: FunctionalModel.
@@ -53,83 +54,95 @@ class Evaluator:
         ways, shots: int. Task size; one query per class is held out.
         num_steps, batch_size, lr: the inner loop's evaluation settings.
         queries: int. Query points per regression task.
-        chunk: int. Tasks per compiled call (run concurrently by `tf.map_fn`).
+        chunk: int. Tasks per compiled call.
     """
 
     def __init__(
-        self, fmodel, optimizer, *, ways, shots, num_steps, batch_size, lr, queries=1, chunk=100
+        self, fmodel, optimizer, *, ways, shots, num_steps, batch_size, lr, queries=1, chunk=20
     ):
         self.fmodel, self.optimizer = fmodel, optimizer
-        self.ways, self.shots, self.queries = ways, shots, queries
+        self.stacked = StackedModel(fmodel)
+        self.ways, self.shots = ways, shots
+        self.queries = queries if fmodel.regression else 1
         self.num_steps, self.batch_size, self.lr = num_steps, batch_size, lr
         self.chunk = chunk
         self._compiled = {}
 
-    def _score_task(self, tasks, seed, weights, state):
-        sample_seed, batch_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        queries = self.queries if self.fmodel.regression else 1
-        task = tasks.sample(sample_seed, self.ways, self.shots, queries)
-        adapted = adapt(
-            self.fmodel,
+    def sample(self, tasks, seeds):
+        """Samples the tasks of `seeds` `[T, 2]`; returns the stacked task and mini-batch seeds."""
+        ways, shots, queries = self.ways, self.shots, self.queries
+
+        def one(seed):
+            sample_seed, batch_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+            return (*tasks.sample(sample_seed, ways, shots, queries), batch_seed)
+
+        shapes = [
+            (ways * shots, *tasks.input_shape),
+            (ways * shots,),
+            (ways * queries, *tasks.input_shape),
+            (ways * queries,),
+            (2,),
+        ]
+        dtypes = [tf.float32, tf.int32, tf.float32, tf.int32, tf.int64]
+        if self.fmodel.regression:
+            shapes[1], shapes[3], dtypes[1], dtypes[3] = (
+                (shots, 1),
+                (queries, 1),
+                tf.float32,
+                tf.float32,
+            )
+        signature = tuple(tf.TensorSpec(s, d) for s, d in zip(shapes, dtypes))
+        return tf.map_fn(one, seeds, fn_output_signature=signature)
+
+    def score(self, tasks, seeds, weights, state) -> tf.Tensor:
+        """`[T, 2]` scores of the tasks of `seeds`: accuracy non-transductive and transductive
+        (or the query MSE twice, for regression)."""
+        support_x, support_y, query_x, query_y, batch_seeds = self.sample(tasks, seeds)
+        n = tf.shape(seeds)[0]
+        adapted = adapt_tasks(
+            self.stacked,
             self.optimizer,
-            weights,
-            state,
-            task.support_x,
-            task.support_y,
+            stack(weights, n),
+            stack_state(state, n),
+            support_x,
+            support_y,
             self.lr,
             self.num_steps,
             self.batch_size,
-            batch_seed,
+            batch_seeds,
         )
         if self.fmodel.regression:
-            out = predict_queries(self.fmodel, adapted, task.support_x, task.query_x, True)
-            mse = tf.reduce_mean(tf.square(out - task.query_y))
-            return tf.stack([mse, mse])
+            out = predict_tasks(self.stacked, adapted, support_x, query_x, True)
+            mse = tf.reduce_mean(tf.square(out - query_y), axis=[1, 2])
+            return tf.stack([mse, mse], axis=1)
         scores = []
         for transductive in (False, True):
-            logits = predict_queries(
-                self.fmodel, adapted, task.support_x, task.query_x, transductive
-            )
-            correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), task.query_y)
-            scores.append(tf.reduce_mean(tf.cast(correct, tf.float32)))
-        return tf.stack(scores)
-
-    def _chunk_fn(self, tasks):
-        if id(tasks) not in self._compiled:
-
-            @tf.function(reduce_retracing=True)
-            def run(seeds, weights, state):
-                return tf.map_fn(
-                    lambda s: self._score_task(tasks, s, weights, state),
-                    seeds,
-                    fn_output_signature=tf.TensorSpec([2], tf.float32),
-                    parallel_iterations=4,
-                )
-
-            self._compiled[id(tasks)] = run
-        return self._compiled[id(tasks)]
+            logits = predict_tasks(self.stacked, adapted, support_x, query_x, transductive)
+            correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), query_y)
+            scores.append(tf.reduce_mean(tf.cast(correct, tf.float32), axis=1))
+        return tf.stack(scores, axis=1)
 
     def evaluate(
         self, tasks, weights, state, num_tasks: int, stream: int, progress=None
     ) -> dict[str, EvalResult]:
         """Scores `num_tasks` tasks of `tasks` from seed stream `stream`.
 
-        Returns `{"transductive": EvalResult, "non_transductive": EvalResult}` for classification,
-        `{"mse": EvalResult}` for regression.
+        Returns `{"non_transductive": EvalResult, "transductive": EvalResult}` for
+        classification, `{"mse": EvalResult}` for regression.
         """
-        run = self._chunk_fn(tasks)
+        if id(tasks) not in self._compiled:
+            self._compiled[id(tasks)] = tf.function(lambda s, w, st: self.score(tasks, s, w, st))
+        run = self._compiled[id(tasks)]
         weights = [tf.convert_to_tensor(w) for w in weights]
         scores = []
         for start in range(0, num_tasks, self.chunk):
-            stop = min(start + self.chunk, num_tasks)
-            index = tf.range(start, stop, dtype=tf.int64)
-            seeds = tf.stack(
-                [tf.fill([stop - start], tf.constant(stream, tf.int64)), index], axis=1
-            )
+            # Always a full chunk (one trace); the tasks past num_tasks are dropped.
+            index = tf.range(start, start + self.chunk, dtype=tf.int64)
+            seeds = tf.stack([tf.fill([self.chunk], tf.constant(stream, tf.int64)), index], axis=1)
             scores.append(run(seeds, weights, state).numpy())
             if progress is not None:
-                progress(stop - start)
-        scores = np.concatenate(scores)
+                progress(min(self.chunk, num_tasks - start))
+        scores = np.concatenate(scores)[:num_tasks]
         if self.fmodel.regression:
             return {"mse": EvalResult.from_scores("mse", scores[:, 0])}
         return {

@@ -10,7 +10,17 @@ import sys
 import tensorflow as tf
 from tqdm import tqdm
 
-from keras_reptile.algorithms import InnerOptimizer, meta_step_size, task_update
+from keras_reptile.algorithms import (
+    InnerOptimizer,
+    StackedModel,
+    meta_step_size,
+    stack,
+    stack_batches,
+    stack_state,
+    supports,
+    task_batches,
+    task_update,
+)
 from keras_reptile.config import Config
 from keras_reptile.training.evaluator import STREAM_INTERVAL, STREAM_TRAIN, Evaluator, stream_seed
 from keras_reptile.training.state import MetaState
@@ -38,13 +48,18 @@ class MetaTrainer:
         strategy: tf.distribute.Strategy. Splits the meta-batch's tasks across replicas.
         model_dir: str. Checkpoints, `config.json` and TensorBoard summaries go here.
         eval_tasks: dict name -> task source, scored every `config.eval_interval` steps.
+        stacked: bool. Train the meta-batch's tasks as one set of kernels (the fast path) when
+            the model allows; False runs them one after another through `FunctionalModel`.
     """
 
-    def __init__(self, config, fmodel, train_tasks, strategy, model_dir, eval_tasks=None):
+    def __init__(
+        self, config, fmodel, train_tasks, strategy, model_dir, eval_tasks=None, stacked=True
+    ):
         self.config, self.fmodel, self.tasks = config, fmodel, train_tasks
         self.strategy, self.model_dir = strategy, model_dir
         self.eval_tasks = eval_tasks or {}
         self.optimizer = inner_optimizer(config)
+        self.stacked = StackedModel(fmodel) if stacked and supports(fmodel) else None
         self.tasks_per_replica = tasks_per_replica(strategy, config.meta_batch)
         train_tasks.check(config.classes, config.task_shots)
         with strategy.scope():
@@ -72,33 +87,58 @@ class MetaTrainer:
         replica = tf.cast(ctx.replica_id_in_sync_group, tf.int64)
         theta = self.state.read_weights()
         start_state = self.state.optimizer_state()
-        delta_sum = [tf.zeros_like(t) for t in theta]
-        v_sum = [tf.zeros_like(t) for t in theta]
-        loss_sum = tf.constant(0.0)
+        batches = []
         for j in range(self.tasks_per_replica):
             index = step * c.meta_batch + replica * self.tasks_per_replica + j
             seed = tf.stack([tf.constant(stream_seed(c.seed, STREAM_TRAIN), tf.int64), index])
             sample_seed, batch_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
             task = self.tasks.sample(sample_seed, c.classes, c.task_shots)
-            update = task_update(
-                self.fmodel,
-                self.optimizer,
-                theta,
-                start_state,
-                task.support_x,
-                task.support_y,
-                seed=batch_seed,
-                lr=c.learning_rate,
-                inner_batch=c.inner_batch,
-                inner_iters=c.inner_iters,
-                foml=c.foml,
-                foml_tail=c.foml_tail,
-                ways=c.classes,
+            batches.append(
+                task_batches(
+                    task.support_x,
+                    task.support_y,
+                    batch_seed,
+                    inner_batch=c.inner_batch,
+                    inner_iters=c.inner_iters,
+                    foml_tail=c.foml_tail if c.foml else 0,
+                    ways=c.classes,
+                )
             )
-            delta_sum = [a + d for a, d in zip(delta_sum, update.delta)]
-            if update.state:
-                v_sum = [a + v for a, v in zip(v_sum, update.state.v)]
-            loss_sum += update.mean_loss
+        if self.stacked is not None:
+            # Fast path: the replica's tasks as one set of kernels (see algorithms/stacked.py).
+            n = self.tasks_per_replica
+            update = task_update(
+                self.stacked,
+                self.optimizer,
+                stack(theta, n),
+                stack_state(start_state, n),
+                stack_batches(batches),
+                lr=c.learning_rate,
+                foml=c.foml,
+            )
+            delta_sum = [tf.reduce_sum(d, axis=0) for d in update.delta]
+            v_sum = [tf.reduce_sum(v, axis=0) for v in update.state.v] if update.state else []
+            loss_sum = update.mean_loss
+        else:
+            updates = [
+                task_update(
+                    self.fmodel,
+                    self.optimizer,
+                    theta,
+                    start_state,
+                    b,
+                    lr=c.learning_rate,
+                    foml=c.foml,
+                )
+                for b in batches
+            ]
+            delta_sum = [tf.add_n(list(ds)) for ds in zip(*(u.delta for u in updates))]
+            v_sum = (
+                [tf.add_n(list(vs)) for vs in zip(*(u.state.v for u in updates))]
+                if start_state
+                else []
+            )
+            loss_sum = tf.add_n([u.mean_loss for u in updates])
         return ctx.all_reduce(tf.distribute.ReduceOp.SUM, (delta_sum, v_sum, loss_sum))
 
     # ----- cross-replica -----

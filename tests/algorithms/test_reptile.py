@@ -11,6 +11,8 @@ from keras_reptile.algorithms import (
     meta_step_size,
     meta_update,
     minibatch_indices,
+    task_batches,
+    task_batches,
     task_update,
 )
 from keras_reptile.models import build_model
@@ -24,17 +26,12 @@ def linear_model(w0=0.5):
     return FunctionalModel(model, regression=True)
 
 
-def run_task(fmodel, x, y, **kwargs):
-    options = dict(seed=SEED, lr=0.1, inner_batch=2, inner_iters=2)
+def run_task(fmodel, x, y, foml=False, **kwargs):
+    options = dict(inner_batch=2, inner_iters=2)
     options.update(kwargs)
+    batches = task_batches(tf.constant(x), tf.constant(y), SEED, **options)
     return task_update(
-        fmodel,
-        InnerOptimizer("sgd"),
-        fmodel.initial_weights(),
-        (),
-        tf.constant(x),
-        tf.constant(y),
-        **options,
+        fmodel, InnerOptimizer("sgd"), fmodel.initial_weights(), (), batches, lr=0.1, foml=foml
     )
 
 
@@ -82,19 +79,8 @@ def test_inner_loop_never_writes_model_variables():
     y = tf.constant([0, 0, 1, 1, 2, 2])
     opt = InnerOptimizer("adam")
     theta = fmodel.initial_weights()
-    update = task_update(
-        fmodel,
-        opt,
-        theta,
-        opt.init_state(theta),
-        x,
-        y,
-        seed=SEED,
-        lr=0.01,
-        inner_batch=3,
-        inner_iters=3,
-        ways=3,
-    )
+    batches = task_batches(x, y, SEED, inner_batch=3, inner_iters=3)
+    update = task_update(fmodel, opt, theta, opt.init_state(theta), batches, lr=0.01)
     assert any(np.abs(d.numpy()).max() > 0 for d in update.delta)
     for v, b in zip(fmodel.model.variables, before):
         np.testing.assert_array_equal(v.numpy(), b)
