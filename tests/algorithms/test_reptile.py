@@ -12,7 +12,6 @@ from keras_reptile.algorithms import (
     meta_update,
     minibatch_indices,
     task_batches,
-    task_batches,
     task_update,
 )
 from keras_reptile.models import build_model
