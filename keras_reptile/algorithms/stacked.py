@@ -176,6 +176,7 @@ def adapt_tasks(
 
     Task `t` sees exactly the mini-batches that `adapt` draws for it with seed `seeds[t]`.
     """
+    support_x, support_y = tf.convert_to_tensor(support_x), tf.convert_to_tensor(support_y)
     num_examples = tf.shape(support_x)[1]
     indices = tf.map_fn(
         lambda s: minibatch_indices(s, num_examples, batch_size, num_steps),
@@ -198,6 +199,7 @@ def predict_tasks(
     Non-transductive: every (task, query) pair becomes a network of its own, run on the task's
     support set plus that one query, so BatchNorm's statistics never see another query.
     """
+    support_x, query_x = tf.convert_to_tensor(support_x), tf.convert_to_tensor(query_x)
     if transductive or not model.uses_batch_statistics:
         return model(weights, query_x)
     num_tasks, num_queries = tf.shape(query_x)[0], tf.shape(query_x)[1]

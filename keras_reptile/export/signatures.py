@@ -85,7 +85,9 @@ def signature_specs(input_shape: tuple[int, ...], regression: bool) -> dict[str,
         }
     return {
         SERVING_DEFAULT: SignatureSpec(
-            SERVING_DEFAULT, (InputSpec(IMAGES, tf.float32, example),), (LOGITS, PROBABILITIES)
+            SERVING_DEFAULT,
+            (InputSpec(IMAGES, tf.float32, example),),
+            (LOGITS, PROBABILITIES, CLASSES),
         ),
         ADAPT_AND_PREDICT: SignatureSpec(
             ADAPT_AND_PREDICT,

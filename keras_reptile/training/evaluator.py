@@ -94,11 +94,12 @@ class Evaluator:
         signature = tuple(tf.TensorSpec(s, d) for s, d in zip(shapes, dtypes))
         return tf.map_fn(one, seeds, fn_output_signature=signature)
 
-    def score(self, tasks, seeds, weights, state) -> tf.Tensor:
-        """`[T, 2]` scores of the tasks of `seeds`: accuracy non-transductive and transductive
-        (or the query MSE twice, for regression)."""
-        support_x, support_y, query_x, query_y, batch_seeds = self.sample(tasks, seeds)
-        n = tf.shape(seeds)[0]
+    def adapt_and_predict(
+        self, weights, state, support_x, support_y, query_x, batch_seeds, protocols=(False,)
+    ) -> list[tf.Tensor]:
+        """Outputs `[T, Q, outputs]` for `T` stacked tasks, one per protocol in `protocols`
+        (`transductive` flags), after adapting `weights` on each task's support set."""
+        n = tf.shape(support_x)[0]
         adapted = adapt_tasks(
             self.stacked,
             self.optimizer,
@@ -111,13 +112,23 @@ class Evaluator:
             self.batch_size,
             batch_seeds,
         )
+        return [predict_tasks(self.stacked, adapted, support_x, query_x, t) for t in protocols]
+
+    def score(self, tasks, seeds, weights, state) -> tf.Tensor:
+        """`[T, 2]` scores of the tasks of `seeds`: accuracy non-transductive and transductive
+        (or the query MSE twice, for regression)."""
+        support_x, support_y, query_x, query_y, batch_seeds = self.sample(tasks, seeds)
         if self.fmodel.regression:
-            out = predict_tasks(self.stacked, adapted, support_x, query_x, True)
+            (out,) = self.adapt_and_predict(
+                weights, state, support_x, support_y, query_x, batch_seeds, (True,)
+            )
             mse = tf.reduce_mean(tf.square(out - query_y), axis=[1, 2])
             return tf.stack([mse, mse], axis=1)
+        outputs = self.adapt_and_predict(
+            weights, state, support_x, support_y, query_x, batch_seeds, (False, True)
+        )
         scores = []
-        for transductive in (False, True):
-            logits = predict_tasks(self.stacked, adapted, support_x, query_x, transductive)
+        for logits in outputs:
             correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), query_y)
             scores.append(tf.reduce_mean(tf.cast(correct, tf.float32), axis=1))
         return tf.stack(scores, axis=1)

@@ -1,0 +1,78 @@
+"""The evaluator on models whose answers are known."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_reptile.algorithms import FunctionalModel, InnerOptimizer
+from keras_reptile.data.base import ClassImages
+from keras_reptile.data.tasks import ClassificationTasks, SineTasks
+from keras_reptile.training.evaluator import EvalResult, Evaluator
+
+
+def one_hot_classes(num_classes=10, per_class=3):
+    """Class k's images light pixel k only: a linear model separates them once adapted."""
+    images = np.zeros([num_classes, per_class, 4, 4, 1], np.uint8)
+    for k in range(num_classes):
+        images[k, :, k // 4, k % 4, 0] = 1
+    return ClassificationTasks(ClassImages(images, 1.0, [str(k) for k in range(num_classes)]))
+
+
+def zero_linear_model(ways, input_shape):
+    model = keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Flatten(),
+            keras.layers.Dense(ways, kernel_initializer="zeros", bias_initializer="zeros"),
+        ]
+    )
+    return FunctionalModel(model, regression=len(input_shape) == 1)
+
+
+def evaluator(fmodel, steps, **kwargs):
+    options = dict(ways=5, shots=1, num_steps=steps, batch_size=5, lr=1.0, chunk=8)
+    options.update(kwargs)
+    return Evaluator(fmodel, InnerOptimizer("sgd"), **options)
+
+
+def test_adapted_linear_model_is_always_right():
+    fmodel = zero_linear_model(5, (4, 4, 1))
+    results = evaluator(fmodel, steps=20).evaluate(
+        one_hot_classes(), fmodel.initial_weights(), (), 30, stream=1
+    )
+    for protocol in ("non_transductive", "transductive"):
+        assert results[protocol].mean == 1.0 and results[protocol].num_tasks == 30
+
+
+def test_unadapted_zero_model_scores_exactly_chance():
+    # Equal logits: argmax says class 0 for every query, and exactly one query per task is class 0.
+    fmodel = zero_linear_model(5, (4, 4, 1))
+    results = evaluator(fmodel, steps=0).evaluate(
+        one_hot_classes(), fmodel.initial_weights(), (), 17, stream=1
+    )
+    assert results["non_transductive"].mean == pytest.approx(0.2)
+    assert results["transductive"].ci95 == pytest.approx(0.0)
+
+
+def test_zero_regression_model_scores_the_sine_variance():
+    # Predicting 0: E[(A sin(x + p))^2] = E[A^2] / 2 = (5^3 - 0.1^3) / (3 * 4.9) / 2 = 4.2517
+    # (x uniform over 10 / 2pi periods is close enough to a whole number of periods).
+    fmodel = zero_linear_model(1, (1,))
+    ev = evaluator(fmodel, steps=0, ways=1, shots=5, queries=200)
+    result = ev.evaluate(SineTasks(), fmodel.initial_weights(), (), 2000, stream=3)["mse"]
+    assert abs(result.mean - 4.2517) < max(2 * result.ci95, 0.1)
+
+
+def test_same_tasks_whatever_the_chunking_and_repeatable():
+    fmodel = zero_linear_model(5, (4, 4, 1))
+    weights = fmodel.initial_weights()
+    a = evaluator(fmodel, steps=1, lr=0.1, chunk=3).evaluate(one_hot_classes(), weights, (), 10, 5)
+    b = evaluator(fmodel, steps=1, lr=0.1, chunk=7).evaluate(one_hot_classes(), weights, (), 10, 5)
+    assert a == b
+
+
+def test_confidence_interval():
+    result = EvalResult.from_scores("accuracy", np.array([1.0, 0.0, 1.0, 0.0]))
+    assert result.mean == 0.5
+    assert result.ci95 == pytest.approx(1.96 * np.std([1, 0, 1, 0], ddof=1) / 2)
+    assert "50.00 +- 56.58 %" in str(result)
