@@ -31,6 +31,7 @@ flags.DEFINE_string(
     "Dataset folder (Omniglot: the two official zips). Env: KERAS_REPTILE_DATA_DIR.",
 )
 flags.DEFINE_enum("data_source", "local", DATA_SOURCES, "local files or tensorflow-datasets.")
+flags.DEFINE_string("tfds_manual_dir", None, "tensorflow-datasets manual_dir (--data_source=tfds).")
 flags.DEFINE_enum("strategy", None, STRATEGIES, "tf.distribute strategy. Default: the preset's.")
 flags.DEFINE_integer(
     "cpu_devices", None, "Split the CPU into this many logical devices.", lower_bound=1
@@ -75,6 +76,7 @@ def main(argv):
             export_dir=FLAGS.export_dir or os.path.join("saved_models", FLAGS.preset),
             data_dir=FLAGS.data_dir,
             data_source=FLAGS.data_source,
+            tfds_manual_dir=FLAGS.tfds_manual_dir,
             name=FLAGS.name or FLAGS.preset,
         )
     except ValueError as error:

@@ -51,6 +51,7 @@ def run(
     export_dir: str | None = None,
     data_dir: str | None = None,
     data_source: str = "local",
+    tfds_manual_dir: str | None = None,
     name: str = "model",
 ) -> dict:
     """Runs `mode` (train | evaluate | export | all) and returns the evaluation results, if any.
@@ -62,13 +63,14 @@ def run(
         export_dir: str. SavedModel base folder (`<export_dir>/<version>/`).
         data_dir: str. Dataset folder (unused for sine).
         data_source: str. "local" or "tfds".
+        tfds_manual_dir: str. tensorflow-datasets' manual_dir (the official zips), if any.
         name: str. Model name (the preset) written into the model card.
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode. Expected one of {MODES}. Received: mode={mode!r}")
     config.validate()
     strategy = make_strategy(config.strategy)
-    train_tasks, test_tasks = load_tasks(config, data_dir, data_source)
+    train_tasks, test_tasks = load_tasks(config, data_dir, data_source, tfds_manual_dir)
     fmodel = build_functional_model(config, train_tasks.input_shape)
     eval_tasks = (
         {"test": test_tasks} if config.is_regression else {"train": train_tasks, "test": test_tasks}

@@ -8,8 +8,17 @@ from keras_reptile.data.tasks import ClassificationTasks, SineTasks
 DATA_SOURCES = ("local", "tfds")
 
 
-def load_tasks(config: Config, data_dir: str | None, data_source: str = "local"):
-    """Returns `(train_tasks, test_tasks)` for `config.dataset`."""
+def load_tasks(
+    config: Config,
+    data_dir: str | None,
+    data_source: str = "local",
+    tfds_manual_dir: str | None = None,
+):
+    """Returns `(train_tasks, test_tasks)` for `config.dataset`.
+
+    `data_source="tfds"` reads Omniglot through tensorflow-datasets (`data_dir` is then tfds's
+    data directory, `tfds_manual_dir` the folder with the official zips if there is no internet).
+    """
     if data_source not in DATA_SOURCES:
         raise ValueError(
             f"Unknown data source. Expected one of {DATA_SOURCES}. "
@@ -25,7 +34,9 @@ def load_tasks(config: Config, data_dir: str | None, data_source: str = "local")
                 "Omniglot needs --data_dir (the folder with the two official zips). "
                 "Received: data_dir=None"
             )
-        splits = load_omniglot(data_dir, seed=config.seed, source=data_source)
+        splits = load_omniglot(
+            data_dir or "", seed=config.seed, source=data_source, tfds_manual_dir=tfds_manual_dir
+        )
     elif config.dataset == "miniimagenet":
         from keras_reptile.data.miniimagenet import load_miniimagenet
 
