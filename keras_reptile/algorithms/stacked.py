@@ -29,7 +29,14 @@ _SUPPORTED = (
 
 def supports(fmodel: FunctionalModel) -> bool:
     """Whether every layer of the model has a stacked implementation here."""
-    return all(type(layer) in _SUPPORTED for layer in fmodel.model.layers)
+    for layer in fmodel.model.layers:
+        if type(layer) not in _SUPPORTED:
+            return False
+        if isinstance(layer, keras.layers.BatchNormalization) and not (
+            layer.center and layer.scale and layer.axis in (-1, 3)
+        ):
+            return False
+    return True
 
 
 def stack(weights: list[tf.Tensor], num_tasks) -> list[tf.Tensor]:
