@@ -13,6 +13,11 @@ OMNIGLOT_DIR = pathlib.Path(
     os.environ.get("KERAS_REPTILE_OMNIGLOT_DIR", REPO_ROOT.parent / "shared" / "data" / "omniglot")
 )
 
+# oneDNN's multi-threaded reductions may round differently from run to run; tests that compare
+# runs bit for bit (resume == uninterrupted) need deterministic kernels.
+tf.config.experimental.enable_op_determinism()
+tf.random.set_seed(0)
+
 # Must happen before TensorFlow initialises its devices.
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
