@@ -11,7 +11,13 @@ import numpy as np
 import tensorflow as tf
 
 from keras_reptile import __version__
-from keras_reptile.algorithms import FunctionalModel, InnerOptimizer, adapt, predict_queries
+from keras_reptile.algorithms import (
+    AdamState,
+    FunctionalModel,
+    InnerOptimizer,
+    adapt,
+    predict_queries,
+)
 from keras_reptile.export import signatures as sig
 
 
@@ -64,8 +70,6 @@ class ServingModule(tf.Module):
     def _state(self):
         if self._optimizer.kind == "sgd":
             return ()
-        from keras_reptile.algorithms import AdamState
-
         return AdamState(self.adam_step.read_value(), tuple(v.read_value() for v in self.adam_v))
 
     def _adapt(self, support_x, support_y, inner_steps, learning_rate):

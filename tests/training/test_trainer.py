@@ -63,6 +63,12 @@ def test_mirrored_on_two_devices_matches_one_device(tmp_path):
     assert_trained_and_equal(t1, t2, atol=1e-5)
 
 
+def test_one_device_strategy_matches_default(tmp_path):
+    _, t1 = trained_weights(tmp_path / "default")
+    _, t2 = trained_weights(tmp_path / "one", strategy="one_device")
+    assert_trained_and_equal(t1, t2, atol=1e-6)
+
+
 def test_mirrored_adam_carries_the_same_statistics(tmp_path):
     # Sine MLP: no BatchNorm, so no bias whose true gradient is zero and whose Adam step would
     # amplify float noise (conv biases before BatchNorm do exactly that, here as in the paper).
