@@ -1,0 +1,213 @@
+"""TensorFlow Serving's REST API on `--rest_api_port`: its paths, its JSON, its error bodies.
+
+- `GET /v1/models/<name>[/versions/<v>|/labels/<l>]`: model status.
+- `GET /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata`: signature defs.
+- `POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict` (and `:classify`).
+Errors are `{"error": "<message>"}` with the HTTP status of the TF Serving code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+from absl import logging
+from google.protobuf import json_format
+from tensorflow_serving.apis import get_model_metadata_pb2
+
+from serving import json_codec, validation
+from serving.cancellation import Cancellation
+from serving.errors import ServingError, invalid
+from serving.grpc_service import METADATA_FIELD, status_response
+from serving.service import Service, Target, check_deadline
+
+# http_rest_api_util.cc
+_POST = re.compile(
+    r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)"
+)
+_GET = re.compile(
+    r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?"
+)
+
+
+_DRAIN_BYTES = 64 << 20  # an oversized body up to this much more is read before answering
+
+
+def _target(name: str, version: str | None, label: str | None) -> Target:
+    return Target(
+        urllib.parse.unquote(name),
+        int(version) if version else None,
+        urllib.parse.unquote(label) if label else None,
+    )
+
+
+class RestServer(ThreadingHTTPServer):
+    """A thread per request; `server_close` waits for the requests in flight."""
+
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], service: Service, timeout_ms: int):
+        self.service, self.timeout_ms = service, timeout_ms
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def serve_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="rest", daemon=True)
+        thread.start()
+        return thread
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: RestServer
+    server_version = "keras-reptile-serving"
+    timeout = 60  # seconds a client may take to send its request
+
+    def log_message(self, format, *args):  # the base class's signature
+        logging.debug("REST %s - " + format, self.client_address[0], *args)
+
+    def _send(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self, method: str, fn) -> None:
+        try:
+            status, body = 200, fn()
+        except ServingError as e:
+            status, body = e.http_status, {"error": e.message}
+        except Exception as e:  # a bad request never takes the server down
+            logging.exception("REST %s %s failed", method, self.path)
+            status, body = 500, {"error": f"Internal error: {type(e).__name__}"}
+        try:
+            self._send(status, body)
+        except OSError:
+            logging.info("REST client went away before its answer was sent")
+
+    def _malformed(self) -> dict:
+        raise invalid(f"Malformed request: {self.command} {self.path}")
+
+    def do_GET(self):  # http.server's naming
+        self._handle("GET", self._get)
+
+    def do_POST(self):
+        self._handle("POST", self._post)
+
+    def do_PUT(self):
+        self._handle("PUT", self._malformed)
+
+    def do_DELETE(self):
+        self._handle("DELETE", self._malformed)
+
+    def _get(self) -> dict:
+        match = _GET.fullmatch(urllib.parse.urlsplit(self.path).path)
+        if not match:
+            self._malformed()
+        name, version, label, metadata = match.groups()
+        if not name:
+            raise invalid("Missing model name in request.")
+        target = _target(name, version, label)
+        service = self.server.service
+        if metadata:
+            name, version, signature_defs = service.metadata(target)
+            signature_map = get_model_metadata_pb2.SignatureDefMap(signature_def=signature_defs)
+            return {
+                "model_spec": {"name": name, "signature_name": "", "version": str(version)},
+                "metadata": {
+                    METADATA_FIELD: json_format.MessageToDict(
+                        signature_map, preserving_proto_field_name=True
+                    )
+                },
+            }
+        return json_format.MessageToDict(
+            status_response(service.status(target.name, target.version)),
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
+
+    def _read_json(self):
+        limit = self.server.service.limits.max_message_bytes
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, "Missing Content-Length header.", http_status=411
+            )
+        length = int(length)
+        if length > limit:
+            remaining = length if length <= limit + _DRAIN_BYTES else 0
+            while remaining > 0:  # read it, so the client sees the answer, not a reset
+                chunk = self.rfile.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+            self.close_connection = True
+            raise ServingError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Request body of {length} bytes is larger than the maximum of {limit} bytes "
+                "(--max_message_bytes).",
+                http_status=413,
+            )
+        try:
+            return json.loads(self.rfile.read(length))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise invalid(f"JSON Parse error: {e}") from None
+
+    def _post(self) -> dict:
+        match = _POST.fullmatch(urllib.parse.urlsplit(self.path).path)
+        if not match:
+            self._malformed()
+        name, version, label, verb = match.groups()
+        deadline = time.monotonic() + self.server.timeout_ms / 1000.0
+        target = _target(name, version, label)
+        body = self._read_json()
+        check_deadline(deadline, "the request")
+        signature_name = json_codec.signature_name_of(body)
+        verb = verb.lower()
+        cancellation = Cancellation()
+        timer = cancellation.cancel_after(
+            deadline - time.monotonic(),
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "the REST timeout (--rest_api_timeout_in_ms) passed",
+        )
+        try:
+            return self._run(verb, target, signature_name, body, deadline, cancellation)
+        finally:
+            timer.cancel()
+
+    def _run(self, verb, target, signature_name, body, deadline, cancellation) -> dict:
+        service = self.server.service
+        if verb == "classify":
+            examples = json_codec.decode_examples(body)
+            result = service.classify(target, signature_name, examples, deadline, cancellation)
+            return json_codec.encode_classify(result.outputs["scores"])
+        if verb == "regress":
+            raise ServingError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "Regress is not served: the signatures take tensors, not tf.Example; use predict.",
+            )
+        row_format = []
+
+        def decode(spec):
+            arrays, rows = json_codec.decode_predict(body, spec)
+            row_format.append(rows)
+            return validation.check_arrays(spec, arrays, service.limits)
+
+        result = service.predict(target, signature_name, decode, (), deadline, cancellation)
+        return json_codec.encode_predict(result.outputs, row_format[0])
+
+
+def build_server(service: Service, host: str, port: int, timeout_ms: int) -> RestServer:
+    """A REST server bound to `host:port`, serving in a background thread."""
+    server = RestServer((host, port), service, timeout_ms)
+    server.serve_in_thread()
+    return server

@@ -1,0 +1,150 @@
+"""`python -m serving.server`: TensorFlow Serving's model server for keras-reptile SavedModels.
+
+Flags mirror `tensorflow_model_server` (`--port`, `--rest_api_port`, `--model_name`,
+`--model_base_path`, `--model_config_file`, `--file_system_poll_wait_seconds`, ...). With no model
+flags, every folder of `saved_models/` is served under its folder's name. Binds to 127.0.0.1
+unless `--host` says otherwise. SIGTERM (or Ctrl-C) stops it gracefully.
+
+Example:
+    python -m serving.server --model_name=omniglot_5w5s --model_base_path=saved_models/omniglot_5w5s
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+from absl import app, flags, logging
+
+from serving import grpc_service, model_config, rest
+from serving.errors import ServingError
+from serving.model_manager import ModelManager
+from serving.service import Service
+from serving.validation import Limits
+
+ZOO_DIR = "saved_models"
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("port", 8500, "Port to listen on for gRPC.")
+flags.DEFINE_integer("rest_api_port", 8501, "Port to listen on for the REST API; 0 turns it off.")
+flags.DEFINE_integer("rest_api_timeout_in_ms", 30000, "Timeout of a REST request, in ms.")
+flags.DEFINE_string("model_name", "default", "Name of the model (with --model_base_path).")
+flags.DEFINE_string("model_base_path", "", "Folder of the model's integer version folders.")
+flags.DEFINE_string(
+    "model_config_file", "", "A text-format ModelServerConfig; overrides the two flags above."
+)
+flags.DEFINE_float(
+    "file_system_poll_wait_seconds",
+    1.0,
+    "Seconds between polls of the model folders for new versions; 0 polls once, at startup.",
+)
+flags.DEFINE_bool(
+    "allow_version_labels_for_unavailable_models",
+    False,
+    "Allow the config's version labels to name versions that are not loaded.",
+)
+flags.DEFINE_string("host", "127.0.0.1", "Address to bind both ports to (0.0.0.0: every one).")
+flags.DEFINE_integer("max_support", 500, "Most support examples a request may send.")
+flags.DEFINE_integer("max_queries", 500, "Most query (or serving_default) examples per request.")
+flags.DEFINE_integer("max_inner_steps", 1000, "Largest inner_steps a request may ask for.")
+flags.DEFINE_integer("max_message_bytes", 64 * 2**20, "Largest gRPC message or REST body.")
+flags.DEFINE_integer("grpc_workers", 16, "gRPC worker threads (requests run in parallel).")
+flags.DEFINE_float("shutdown_grace_seconds", 30.0, "On SIGTERM, time given to requests in flight.")
+
+
+def _check_flags() -> None:
+    for name in ("port", "rest_api_port"):
+        low = 1 if name == "port" else 0
+        if not low <= FLAGS[name].value <= 65535:
+            raise app.UsageError(
+                f"--{name} must be in [{low}, 65535]. Received: {FLAGS[name].value}"
+            )
+    for name in ("max_support", "max_queries", "max_message_bytes", "grpc_workers"):
+        if FLAGS[name].value < 1:
+            raise app.UsageError(f"--{name} must be >= 1. Received: {FLAGS[name].value}")
+    if FLAGS.max_inner_steps < 0:
+        raise app.UsageError(f"--max_inner_steps must be >= 0. Received: {FLAGS.max_inner_steps}")
+    if FLAGS["model_name"].present and not (FLAGS.model_base_path or FLAGS.model_config_file):
+        raise app.UsageError("--model_name needs --model_base_path (or use --model_config_file).")
+
+
+def build_manager(limits: Limits) -> ModelManager:
+    """The ModelManager the model flags describe (config file, one model, or the zoo)."""
+    options = dict(
+        poll_seconds=FLAGS.file_system_poll_wait_seconds,
+        allow_unavailable_labels=FLAGS.allow_version_labels_for_unavailable_models,
+    )
+    if FLAGS.model_config_file:
+        config = model_config.read_config_file(FLAGS.model_config_file)
+        return ModelManager(model_config.sources_from_config(config), limits, **options)
+    if FLAGS.model_base_path:
+        config = model_config.config_from_flags(FLAGS.model_name, FLAGS.model_base_path)
+        return ModelManager(model_config.sources_from_config(config), limits, **options)
+    root = os.path.abspath(ZOO_DIR)
+    if not os.path.isdir(root):
+        raise ValueError(
+            f"No model flags and no {ZOO_DIR}/ folder in {os.getcwd()}: pass --model_base_path "
+            "(with --model_name) or --model_config_file, or run where saved_models/ is."
+        )
+    return ModelManager([], limits, zoo_root=root, **options)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _check_flags()
+    limits = Limits(
+        FLAGS.max_support, FLAGS.max_queries, FLAGS.max_inner_steps, FLAGS.max_message_bytes
+    )
+    try:
+        manager = build_manager(limits)
+        manager.start()
+    except (ValueError, ServingError) as e:
+        sys.exit(f"serving.server: {getattr(e, 'message', e)}")
+    service = Service(manager, limits)
+    try:
+        grpc_server, port, health = grpc_service.build_server(
+            service, FLAGS.host, FLAGS.port, FLAGS.grpc_workers, FLAGS.max_message_bytes
+        )
+        rest_server = None
+        if FLAGS.rest_api_port:
+            rest_server = rest.build_server(
+                service, FLAGS.host, FLAGS.rest_api_port, FLAGS.rest_api_timeout_in_ms
+            )
+    except OSError as e:
+        manager.stop()
+        sys.exit(f"serving.server: {e}")
+    logging.info("Serving models %s", manager.model_names())
+    logging.info("Running gRPC ModelServer at %s:%d ...", FLAGS.host, port)
+    if rest_server is not None:
+        logging.info("Exporting HTTP/REST API at:%s:%d ...", FLAGS.host, FLAGS.rest_api_port)
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    _shutdown(grpc_server, rest_server, health, manager, FLAGS.shutdown_grace_seconds)
+
+
+def _shutdown(grpc_server, rest_server, health, manager, grace: float) -> None:
+    """Refuses new requests, gives those in flight `grace` seconds, then unloads the models."""
+    logging.info("Shutting down: finishing requests in flight (up to %.0f s)", grace)
+    health.enter_graceful_shutdown()
+    grpc_done = grpc_server.stop(grace)
+    closer = None
+    if rest_server is not None:
+        rest_server.shutdown()
+        closer = threading.Thread(target=rest_server.server_close, daemon=True)
+        closer.start()
+    grpc_done.wait(grace + 1)
+    if closer is not None:
+        closer.join(grace)
+    manager.stop()
+    logging.info("Server stopped")
+
+
+if __name__ == "__main__":
+    app.run(main)

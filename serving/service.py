@@ -1,0 +1,152 @@
+"""The server's operations, independent of gRPC or REST.
+
+Both protocols resolve the model the same way, decode their tensors with `validation`, and execute
+through `Servable.prepare` and `Servable.run`, so an answer never depends on the protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import grpc
+import numpy as np
+
+from keras_reptile.export import signatures as sig
+from serving import validation
+from serving.cancellation import Cancellation
+from serving.errors import ServingError, invalid
+from serving.model_config import ModelServerConfig
+from serving.model_manager import ModelManager, VersionStatus
+
+# Turns a signature spec into the request's arrays, checking names, dtypes and shapes.
+Decoder = Callable[[sig.SignatureSpec], dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Which model version a request asks for: the latest, a number, or a label."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    name: str
+    version: int
+    signature_name: str
+    outputs: dict[str, np.ndarray]
+
+
+def check_deadline(deadline: float | None, what: str) -> None:
+    """Raises DEADLINE_EXCEEDED if `deadline` (a `time.monotonic()` value) has passed."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise ServingError(
+            grpc.StatusCode.DEADLINE_EXCEEDED, f"Deadline exceeded before {what} could run."
+        )
+
+
+def _check_output_filter(spec: sig.SignatureSpec, output_filter: Sequence[str]) -> None:
+    seen = set()
+    for alias in output_filter:
+        if alias not in spec.outputs:
+            raise invalid(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be in "
+                f"the set {{{','.join(sorted(spec.outputs))}}}."
+            )
+        if alias in seen:
+            raise invalid(f"duplicate output tensor alias: {alias}")
+        seen.add(alias)
+
+
+class Service:
+    """Predict, Classify, metadata and status over a `ModelManager`."""
+
+    def __init__(self, manager: ModelManager, limits: validation.Limits):
+        self.manager, self.limits = manager, limits
+
+    def predict(
+        self,
+        target: Target,
+        signature_name: str,
+        decode: Decoder,
+        output_filter: Sequence[str] = (),
+        deadline: float | None = None,
+        cancellation: Cancellation | None = None,
+    ) -> Result:
+        """Resolves the version, decodes and checks the inputs, runs the signature."""
+        signature_name = signature_name or sig.SERVING_DEFAULT
+        with self.manager.servable(target.name, target.version, target.label) as servable:
+            spec = servable.spec(signature_name)
+            _check_output_filter(spec, output_filter)
+            arrays = servable.prepare(signature_name, decode(spec), self.limits)
+            check_deadline(deadline, "the prediction")
+            outputs = servable.run(signature_name, arrays, cancellation)
+        if output_filter:
+            outputs = {k: outputs[k] for k in output_filter}
+        return Result(servable.name, servable.version, signature_name, outputs)
+
+    def classify(
+        self,
+        target: Target,
+        signature_name: str,
+        examples: Sequence[Mapping[str, np.ndarray]],
+        deadline: float | None = None,
+        cancellation: Cancellation | None = None,
+    ) -> Result:
+        """Class probabilities of `serving_default` for examples holding a flattened image.
+
+        Each example maps feature names to arrays; feature `images` holds the image's values
+        (float32, flattened in row-major order). Outputs: `probabilities` [examples, ways].
+        """
+        signature_name = signature_name or sig.SERVING_DEFAULT
+        with self.manager.servable(target.name, target.version, target.label) as servable:
+            spec = servable.spec(signature_name)
+            if servable.info.regression or signature_name != sig.SERVING_DEFAULT:
+                raise invalid(
+                    f'Classify fits only the "{sig.SERVING_DEFAULT}" signature of classification '
+                    f'models; received signature "{signature_name}" of '
+                    f"{'regression ' if servable.info.regression else ''}model {servable.name}. "
+                    f"Use Predict for it."
+                )
+            images = self._example_images(examples, servable.info.input_shape)
+            arrays = validation.check_arrays(spec, {sig.IMAGES: images}, self.limits)
+            arrays = servable.prepare(signature_name, arrays, self.limits)
+            check_deadline(deadline, "the classification")
+            outputs = servable.run(signature_name, arrays, cancellation)
+        probabilities = outputs[sig.PROBABILITIES]
+        return Result(servable.name, servable.version, signature_name, {"scores": probabilities})
+
+    @staticmethod
+    def _example_images(examples, input_shape) -> np.ndarray:
+        if not examples:
+            raise invalid("Input is empty.")
+        size = int(np.prod(input_shape))
+        rows = []
+        for i, example in enumerate(examples):
+            values = example.get(sig.IMAGES)
+            expected = (
+                f'expected feature "{sig.IMAGES}" as a float_list of {size} values (an image of '
+                f"shape {list(input_shape)}, flattened)"
+            )
+            if values is None:
+                raise invalid(f"Example {i} has features {sorted(example)}; {expected}.")
+            if values.dtype != np.float32 or values.size != size:
+                kind = "float_list" if values.dtype == np.float32 else f"{values.dtype} list"
+                raise invalid(f"Example {i} has a {kind} of {values.size} values; {expected}.")
+            rows.append(values.reshape(input_shape))
+        return np.stack(rows)
+
+    def metadata(self, target: Target) -> tuple[str, int, dict]:
+        """(name, version, SignatureDef protos by name) of the version asked for."""
+        with self.manager.servable(target.name, target.version, target.label) as servable:
+            return servable.name, servable.version, servable.signature_defs
+
+    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        return self.manager.status(name, version)
+
+    def reload(self, config: ModelServerConfig) -> None:
+        self.manager.reload_config(config)

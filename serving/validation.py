@@ -1,0 +1,227 @@
+"""Checks a request's tensors against the signature contract before anything runs.
+
+Names, dtypes and shapes come from `keras_reptile.export.signatures.signature_specs`; the number of
+classes (`ways`) and the example shape come from the model card; the maxima are server flags.
+Every failure is a `ServingError` saying what was received and what was expected. Values are
+never cast: a tensor of the wrong dtype is rejected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, types_pb2
+
+from keras_reptile.export import signatures as sig
+from serving.errors import ServingError, invalid
+
+SUPPORT_KEYS = (sig.SUPPORT_IMAGES, sig.SUPPORT_INPUTS)
+TARGET_KEYS = (sig.SUPPORT_LABELS, sig.SUPPORT_TARGETS)
+QUERY_KEYS = (sig.QUERY_IMAGES, sig.QUERY_INPUTS, sig.IMAGES, sig.INPUTS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Server-wide request limits (the `--max_*` flags)."""
+
+    max_support: int = 500
+    max_queries: int = 500
+    max_inner_steps: int = 1000
+    max_message_bytes: int = 64 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What a version's model card says about its inputs (ways is 1 for regression)."""
+
+    ways: int
+    input_shape: tuple[int, ...]
+    regression: bool
+
+
+def _keys(keys: Iterable[str]) -> str:
+    return "{" + ",".join(sorted(keys)) + "}"
+
+
+def _shape_text(shape) -> str:
+    if shape is None:
+        return "any shape"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _dtype_name(dtype: tf.DType) -> str:
+    return {"float32": "float", "float64": "double", "float16": "half"}.get(dtype.name, dtype.name)
+
+
+def check_input_names(signature: sig.SignatureSpec, keys: Iterable[str]) -> None:
+    """Every required input present, no unknown one (TF Serving's "Sent extra / Missing" text)."""
+    keys = set(keys)
+    expected = {i.key for i in signature.inputs}
+    required = {i.key for i in signature.inputs if not i.optional}
+    extra, missing = keys - expected, required - keys
+    if extra or missing:
+        optional = expected - required
+        also = f" and optionally {_keys(optional)}" if optional else ""
+        raise invalid(
+            f'Request inputs do not match signature "{signature.name}". Sent extra: {_keys(extra)}.'
+            f" Missing but required: {_keys(missing)}. Expected inputs {_keys(required)}{also};"
+            f" received {_keys(keys)}."
+        )
+
+
+def check_dtype(signature: sig.SignatureSpec, spec: sig.InputSpec, dtype: tf.DType) -> None:
+    if dtype != spec.dtype:
+        enum_name = types_pb2.DataType.Name(spec.dtype.as_datatype_enum)
+        raise invalid(
+            f'Expects input "{spec.key}" of signature "{signature.name}" to be '
+            f"{_dtype_name(spec.dtype)} but {_dtype_name(dtype)} is provided. Values are never "
+            f"cast: send {spec.dtype.name} ({enum_name})."
+        )
+
+
+def check_shape(
+    signature: sig.SignatureSpec, spec: sig.InputSpec, shape: tuple[int, ...], limits: Limits
+) -> None:
+    """Rank and fixed dimensions as in the contract, non-empty batches, and the set maxima."""
+    expected = spec.shape
+    if expected is not None and (
+        len(shape) != len(expected)
+        or any(e is not None and e != d for e, d in zip(expected, shape))
+    ):
+        what = "a scalar" if expected == () else _shape_text(expected) + " (?: any size)"
+        raise invalid(
+            f'Input "{spec.key}" of signature "{signature.name}" has shape {_shape_text(shape)}; '
+            f"expected {what}."
+        )
+    if spec.key in SUPPORT_KEYS + TARGET_KEYS + QUERY_KEYS and len(shape) >= 1:
+        kind, limit, flag = (
+            ("query", limits.max_queries, "--max_queries")
+            if spec.key in QUERY_KEYS
+            else ("support", limits.max_support, "--max_support")
+        )
+        if shape[0] == 0:
+            raise invalid(
+                f'Input "{spec.key}" of signature "{signature.name}" is empty (shape '
+                f"{_shape_text(shape)}); expected at least one {kind} example."
+            )
+        if shape[0] > limit:
+            raise invalid(
+                f'Input "{spec.key}" has {shape[0]} {kind} examples; the server accepts at most '
+                f"{limit} ({flag})."
+            )
+
+
+def check_decoded_size(key: str, shape: tuple[int, ...], dtype: tf.DType, limits: Limits) -> None:
+    """A short TensorProto may expand (its last value repeats): bound the decoded size."""
+    size = int(np.prod(shape, dtype=np.float64)) * max(dtype.size, 1)
+    if size > limits.max_message_bytes:
+        raise ServingError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f'Input "{key}" of shape {_shape_text(shape)} would take {size} bytes; the server '
+            f"accepts at most {limits.max_message_bytes} (--max_message_bytes).",
+        )
+
+
+def arrays_from_protos(
+    signature: sig.SignatureSpec, protos: Mapping[str, tensor_pb2.TensorProto], limits: Limits
+) -> dict[str, np.ndarray]:
+    """Checks names, dtypes and shapes from the TensorProto headers, then decodes them."""
+    check_input_names(signature, protos)
+    arrays = {}
+    for spec in signature.inputs:  # the contract's order: the same request, the same message
+        if spec.key not in protos:
+            continue
+        key, proto = spec.key, protos[spec.key]
+        try:
+            dtype = tf.dtypes.as_dtype(proto.dtype)
+        except TypeError:
+            dtype = None
+        if dtype is None or proto.dtype == 0:
+            raise invalid(
+                f'Input "{key}" has no valid dtype (enum value {proto.dtype}); '
+                f"expected {spec.dtype.name}."
+            )
+        check_dtype(signature, spec, dtype)
+        if proto.tensor_shape.unknown_rank:
+            raise invalid(
+                f'Input "{key}" has an unknown rank; expected shape {_shape_text(spec.shape)}.'
+            )
+        shape = tuple(int(d.size) for d in proto.tensor_shape.dim)
+        if any(d < 0 for d in shape):
+            raise invalid(f'Input "{key}" has a negative dimension in shape {list(shape)}.')
+        check_shape(signature, spec, shape, limits)
+        check_decoded_size(key, shape, dtype, limits)
+        try:
+            arrays[key] = tf.make_ndarray(proto)
+        except Exception as e:  # any decoding failure is the request's fault
+            raise invalid(
+                f"tensor parsing error: {key}: the values do not fill shape "
+                f"{_shape_text(shape)} of {spec.dtype.name} ({type(e).__name__})."
+            ) from None
+    return arrays
+
+
+def check_arrays(
+    signature: sig.SignatureSpec, arrays: Mapping[str, np.ndarray], limits: Limits
+) -> dict[str, np.ndarray]:
+    """`arrays_from_protos` for arrays already decoded (REST): names, dtypes, shapes."""
+    check_input_names(signature, arrays)
+    for spec in signature.inputs:
+        if spec.key in arrays:
+            check_dtype(signature, spec, tf.dtypes.as_dtype(arrays[spec.key].dtype))
+            check_shape(signature, spec, tuple(arrays[spec.key].shape), limits)
+    return dict(arrays)
+
+
+def check_values(
+    signature: sig.SignatureSpec,
+    arrays: Mapping[str, np.ndarray],
+    info: ModelInfo,
+    limits: Limits,
+    defaulted: Iterable[str] = (),
+) -> None:
+    """Value checks of a complete request (defaults filled in; `defaulted` names those keys)."""
+    defaulted = set(defaulted)
+    for key, array in arrays.items():
+        if array.dtype.kind == "f" and key != sig.LEARNING_RATE:
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            if bad:
+                raise invalid(
+                    f'Input "{key}" contains {bad} non-finite values (NaN or Inf); '
+                    f"expected finite numbers."
+                )
+    support = next((k for k in SUPPORT_KEYS if k in arrays), None)
+    target = next((k for k in TARGET_KEYS if k in arrays), None)
+    if support and target and len(arrays[support]) != len(arrays[target]):
+        raise invalid(
+            f'Input "{support}" has {len(arrays[support])} examples but "{target}" has '
+            f"{len(arrays[target])}; expected one label or target per support example."
+        )
+    if sig.SUPPORT_LABELS in arrays and not info.regression:
+        labels = arrays[sig.SUPPORT_LABELS]
+        bad = np.flatnonzero((labels < 0) | (labels >= info.ways))
+        if bad.size:
+            raise invalid(
+                f'Input "{sig.SUPPORT_LABELS}" has {bad.size} values outside [0, {info.ways}) '
+                f"(the model has {info.ways} ways): received {labels[bad[:5]].tolist()} at "
+                f"indices {bad[:5].tolist()}; expected class indices 0..{info.ways - 1}."
+            )
+    note = " (the signature's default)"
+    if sig.INNER_STEPS in arrays:
+        steps = int(arrays[sig.INNER_STEPS])
+        if not 0 <= steps <= limits.max_inner_steps:
+            raise invalid(
+                f"inner_steps must be in [0, {limits.max_inner_steps}] (--max_inner_steps); "
+                f"received {steps}{note if sig.INNER_STEPS in defaulted else ''}."
+            )
+    if sig.LEARNING_RATE in arrays:
+        lr = float(arrays[sig.LEARNING_RATE])
+        if not (np.isfinite(lr) and lr >= 0):
+            raise invalid(
+                f"learning_rate must be a finite number >= 0; received {lr}"
+                f"{note if sig.LEARNING_RATE in defaulted else ''}."
+            )

@@ -1,0 +1,169 @@
+"""The client library and CLI against the real server: PNGs, .npz, gRPC and REST, deadlines."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_reptile.data.omniglot import to_28x28_bits
+from keras_reptile.export import signatures as sig
+from serving.client import Client, ClientError, load_image
+from serving.launcher import REPO_ROOT
+from tests.serving.helpers import (
+    WAYS,
+    outputs,
+    predict_request,
+    shared_server,
+    sine_task,
+    stubs,
+    task,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server():
+    return shared_server()
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "serving.client", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _grpc(server, model, signature, inputs):
+    api = stubs(server.grpc_target)
+    try:
+        return outputs(
+            api.prediction.Predict(predict_request(model, signature, inputs), timeout=30)
+        )
+    finally:
+        api.channel.close()
+
+
+@pytest.mark.parametrize("rest", [False, True])
+def test_library_adapt_and_predict(server, rest):
+    inputs = task(4)
+    target = f"127.0.0.1:{server.rest_port if rest else server.port}"
+    with Client(target, rest=rest, timeout=30) as client:
+        got = client.adapt_and_predict(
+            "omni", inputs[sig.SUPPORT_IMAGES], inputs[sig.SUPPORT_LABELS], inputs[sig.QUERY_IMAGES]
+        )
+        sine = client.adapt_and_predict(
+            "sine",
+            *(sine_task()[k] for k in (sig.SUPPORT_INPUTS, sig.SUPPORT_TARGETS, sig.QUERY_INPUTS)),
+        )
+        with pytest.raises(ClientError) as e:
+            client.adapt_and_predict("nope", *inputs.values())
+    expected = _grpc(server, "omni", sig.ADAPT_AND_PREDICT, inputs)
+    np.testing.assert_allclose(got[sig.LOGITS], expected[sig.LOGITS], rtol=1e-6)
+    assert sine[sig.PREDICTIONS].shape == (7, 1)
+    assert e.value.code in ("NOT_FOUND", 404)
+
+
+def _write_png(path, rng):
+    """A 105x105 black-on-white drawing, like an Omniglot PNG."""
+    pixels = np.ones((105, 105), bool)
+    r, c = rng.integers(10, 80, 2)
+    pixels[r : r + 20, c : c + 5] = False
+    pixels[r : r + 5, c : c + 20] = False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def test_cli_with_pngs_prepares_them_like_training_images(server, tmp_path):
+    rng = np.random.default_rng(0)
+    names = [f"character{i:02d}" for i in range(WAYS)]
+    for name in names:
+        for j in range(2):
+            _write_png(tmp_path / "support" / name / f"{j}.png", rng)
+    queries = [tmp_path / "query" / f"q{i}.png" for i in range(3)]
+    for path in queries:
+        _write_png(path, rng)
+
+    result = _cli(
+        "--target",
+        server.grpc_target,
+        "--model",
+        "omni",
+        "--support",
+        str(tmp_path / "support"),
+        "--query",
+        *map(str, queries),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def bits(path):
+        with Image.open(path) as image:
+            return to_28x28_bits(image).astype(np.float32)[..., None]
+
+    support = sorted((tmp_path / "support").rglob("*.png"))
+    inputs = {
+        sig.SUPPORT_IMAGES: np.stack([bits(p) for p in support]),
+        sig.SUPPORT_LABELS: np.asarray([names.index(p.parent.name) for p in support], np.int32),
+        sig.QUERY_IMAGES: np.stack([bits(p) for p in queries]),
+    }
+    np.testing.assert_array_equal(
+        inputs[sig.QUERY_IMAGES][0], load_image(str(queries[0]), (28, 28, 1))
+    )
+    expected = _grpc(server, "omni", sig.ADAPT_AND_PREDICT, inputs)
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3
+    for line, path, cls in zip(lines, queries, expected[sig.CLASSES]):
+        assert line.startswith(f"{path}: class {cls} '{names[cls]}' (p=")
+
+
+def test_cli_with_npz_over_rest(server, tmp_path):
+    inputs = task(5)
+    np.savez(  # numpy's default dtypes: the client converts them, losslessly
+        tmp_path / "support.npz",
+        support_images=inputs[sig.SUPPORT_IMAGES].astype(np.float64),
+        support_labels=inputs[sig.SUPPORT_LABELS].astype(np.int64),
+    )
+    np.savez(tmp_path / "query.npz", **{sig.QUERY_IMAGES: inputs[sig.QUERY_IMAGES]})
+    result = _cli(
+        "--target",
+        f"127.0.0.1:{server.rest_port}",
+        "--rest",
+        "--model",
+        "omni",
+        "--version",
+        "1",
+        "--inner_steps",
+        "4",
+        "--support",
+        str(tmp_path / "support.npz"),
+        "--query",
+        str(tmp_path / "query.npz"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    api = stubs(server.grpc_target)
+    request = predict_request(
+        "omni", sig.ADAPT_AND_PREDICT, dict(inputs, inner_steps=np.int32(4)), version=1
+    )
+    classes = outputs(api.prediction.Predict(request, timeout=30))[sig.CLASSES]
+    api.channel.close()
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"query[{i}]" for i in range(WAYS)]
+    assert [int(line.split("class ")[1].split()[0]) for line in lines] == classes.tolist()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "nope"], "error: NOT_FOUND: Servable not found for request: Latest(nope)"),
+        (["--model", "omni", "--timeout", "0.000001"], "error: DEADLINE_EXCEEDED"),
+    ],
+)
+def test_cli_errors_exit_non_zero_with_the_message(server, tmp_path, args, message):
+    np.savez(tmp_path / "task.npz", **task())
+    result = _cli("--target", server.grpc_target, *args, "--support", str(tmp_path / "task.npz"))
+    assert result.returncode == 1 and message in result.stderr, result.stderr[-3000:]

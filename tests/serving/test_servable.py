@@ -1,0 +1,91 @@
+"""One loaded version in-process: card, defaults, warmup, cleaned errors, cancellation."""
+
+import json
+import os
+import shutil
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_reptile.export import signatures as sig
+from serving.cancellation import Cancellation
+from serving.errors import ServingError
+from serving.servable import Servable
+from serving.validation import Limits
+from tests.serving.helpers import STEPS, WAYS, export, task
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def servable():
+    return Servable.load("omni", 1, export("omni", 1))
+
+
+def test_card_signatures_and_defaults(servable):
+    assert (servable.info.ways, servable.info.input_shape, servable.info.regression) == (
+        WAYS,
+        (28, 28, 1),
+        False,
+    )
+    assert set(servable.specs) == set(sig.SIGNATURES)
+    assert servable.defaults[sig.ADAPT_AND_PREDICT][sig.INNER_STEPS] == STEPS
+    prepared = servable.prepare(sig.ADAPT_AND_PREDICT, task(), Limits())
+    assert set(prepared) == {i.key for i in servable.spec(sig.ADAPT_AND_PREDICT).inputs}
+    assert servable.run(sig.ADAPT_AND_PREDICT, prepared)[sig.CLASSES].shape == (WAYS,)
+    assert servable.warm_up(Limits()) == 2  # the export's two warmup records
+
+
+def test_errors_raised_inside_the_graph_lose_their_trace(servable):
+    arrays = servable.prepare(sig.ADAPT_AND_PREDICT, task(), Limits())
+    arrays[sig.SUPPORT_LABELS] = arrays[sig.SUPPORT_LABELS] + 3  # bypasses validation
+    with pytest.raises(ServingError) as e:
+        servable.run(sig.ADAPT_AND_PREDICT, arrays)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "labels must be < 5" in e.value.message
+    assert "[[" not in e.value.message and "Detected at node" not in e.value.message
+
+
+def test_cancellation_stops_a_long_adaptation(servable):
+    arrays = servable.prepare(
+        sig.ADAPT_AND_PREDICT,
+        dict(task(), inner_steps=np.int32(5000)),
+        Limits(max_inner_steps=5000),
+    )
+    cancellation = Cancellation()
+    cancellation.cancel_after(0.3, grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed")
+    start = time.monotonic()
+    with pytest.raises(ServingError) as e:
+        servable.run(sig.ADAPT_AND_PREDICT, arrays, cancellation)
+    assert time.monotonic() - start < 10
+    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "was stopped: the deadline passed" in e.value.message
+
+
+def test_without_card_or_warmup_the_signatures_say_enough(tmp_path):
+    path = tmp_path / "1"
+    shutil.copytree(export("omni", 1), path)
+    os.remove(path / "assets.extra" / sig.CARD_FILE)
+    os.remove(path / "assets.extra" / sig.WARMUP_FILE)
+    servable = Servable.load("omni", 1, str(path))
+    assert (servable.info.ways, servable.info.input_shape) == (WAYS, (28, 28, 1))
+    assert servable.warm_up(Limits()) == 2  # synthetic requests, one per signature
+
+
+def test_a_savedmodel_outside_the_contract_is_refused(tmp_path):
+    module = tf.Module()
+    module.f = tf.function(
+        lambda x: {"y": x * 2.0}, input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)]
+    )
+    path = tmp_path / "1"
+    tf.saved_model.save(module, str(path), signatures={sig.SERVING_DEFAULT: module.f})
+    (path / "assets.extra").mkdir()
+    card = {"ways": 5, "input_shape": [28, 28, 1]}
+    (path / "assets.extra" / sig.CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ServingError) as e:
+        Servable.load("m", 1, str(path))
+    assert "does not follow the contract" in e.value.message
+    assert "expected inputs {'images': 'float32'}" in e.value.message
