@@ -58,6 +58,7 @@ def inner_loop(
     batches_y: tf.Tensor,
     lr,
     unroll: bool = False,
+    examples: tuple[tf.Tensor, tf.Tensor] | None = None,
 ) -> InnerLoopResult:
     """Takes one step per leading entry of `batches_x` / `batches_y`.
 
@@ -70,9 +71,12 @@ def inner_loop(
         batches_y: tensor `[steps, batch, ...]`.
         lr: float or scalar tensor. Inner step size.
         unroll: bool. Trace a Python loop (needs a static step count) instead of `tf.while_loop`.
+        examples: optional `(x, y)`. If given, `batches_x` and `batches_y` hold indices into them
+            and each step gathers its own batch (with `tf.while_loop`), so memory does not grow
+            with the number of steps.
     """
     weights = list(weights)
-    if unroll:
+    if unroll and examples is None:
         total = tf.constant(0.0)
         steps = batches_x.shape[0]
         for i in range(steps):
@@ -85,7 +89,10 @@ def inner_loop(
     steps = tf.shape(batches_x)[0]
 
     def body(i, w, s, total):
-        w, s, loss = sgd_step(fmodel, optimizer, list(w), s, batches_x[i], batches_y[i], lr)
+        x, y = batches_x[i], batches_y[i]
+        if examples is not None:  # the batches are indices into the examples
+            x, y = tf.gather(examples[0], x), tf.gather(examples[1], y)
+        w, s, loss = sgd_step(fmodel, optimizer, list(w), s, x, y, lr)
         return i + 1, tuple(w), s, total + loss
 
     _, weights, state, total = tf.while_loop(
@@ -109,13 +116,7 @@ def adapt(
     """Fine-tunes `weights` on a support set for `num_steps` mini-batch steps."""
     indices = minibatch_indices(seed, tf.shape(support_x)[0], batch_size, num_steps)
     result = inner_loop(
-        fmodel,
-        optimizer,
-        weights,
-        state,
-        tf.gather(support_x, indices),
-        tf.gather(support_y, indices),
-        lr,
+        fmodel, optimizer, weights, state, indices, indices, lr, examples=(support_x, support_y)
     )
     return result.weights
 
