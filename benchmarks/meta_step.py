@@ -1,0 +1,149 @@
+"""Milliseconds per meta-iteration: the project's trainer next to a plain eager Keras reference.
+
+    python benchmarks/meta_step.py --preset=omniglot_5w5s --data_dir=../shared/data/omniglot
+
+Times steady-state meta-iterations of `MetaTrainer` (warm, compiled), the same Reptile update
+written the straightforward eager Keras way (a Python loop over tasks and steps, `GradientTape`,
+Adam with beta1=0 assigned into the model's variables), and the floating-point floor: the forward
+and backward work of one meta-iteration divided by the machine's measured peak matmul rate.
+Prints one JSON object as its last line.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_reptile.data.sources import load_tasks  # noqa: E402
+from keras_reptile.data.tasks import task_seed  # noqa: E402
+from keras_reptile.presets import get_preset  # noqa: E402
+from keras_reptile.run import build_functional_model  # noqa: E402
+from keras_reptile.training.strategy import make_strategy  # noqa: E402
+from keras_reptile.training.trainer import MetaTrainer  # noqa: E402
+
+
+def forward_flops(model: keras.Model) -> int:
+    """Multiply-adds x 2 of one example's forward pass through the conv and dense layers."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw, c_in, _ = layer.kernel.shape
+            total += 2 * h * w * kh * kw * c_in * c_out
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * int(np.prod(layer.kernel.shape))
+    return total
+
+
+def peak_matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    a = tf.random.normal([n, n])
+    b = tf.random.normal([n, n])
+    matmul = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+    matmul(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def eager_reference_ms(config, tasks, fmodel, iterations: int) -> float:
+    """The same Reptile meta-iteration, written plainly in eager Keras."""
+    model = fmodel.model
+    theta = [v.numpy() for v in model.trainable_variables]
+    v_state = [np.zeros_like(w) for w in theta]
+    adam_step = 0
+    times = []
+    for it in range(iterations + 1):
+        start = time.perf_counter()
+        new_weights, new_v = [], []
+        for j in range(config.meta_batch):
+            for var, w in zip(model.trainable_variables, theta):
+                var.assign(w)
+            v = [tf.constant(x) for x in v_state]
+            task = tasks.sample(
+                task_seed(99, it * config.meta_batch + j), config.classes, config.task_shots
+            )
+            order = np.random.default_rng(it * 31 + j).permutation(task.support_x.shape[0])
+            for k in range(config.inner_iters):
+                idx = order[(k * config.inner_batch) % len(order) :][: config.inner_batch]
+                x, y = tf.gather(task.support_x, idx), tf.gather(task.support_y, idx)
+                with tf.GradientTape() as tape:
+                    logits = model(x, training=True)
+                    loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+                grads = tape.gradient(loss, model.trainable_variables)
+                t = adam_step + k + 1
+                lr_t = config.learning_rate * np.sqrt(1 - config.adam_beta2**t)
+                for i, (var, g) in enumerate(zip(model.trainable_variables, grads)):
+                    v[i] = config.adam_beta2 * v[i] + (1 - config.adam_beta2) * tf.square(g)
+                    var.assign_sub(lr_t * g / (tf.sqrt(v[i]) + config.adam_epsilon))
+            new_weights.append([var.numpy() for var in model.trainable_variables])
+            new_v.append([x.numpy() for x in v])
+        eps = 1.0 - it / config.meta_iters
+        theta = [w + eps * (np.mean(ws, axis=0) - w) for w, *ws in zip(theta, *new_weights)]
+        v_state = [np.mean(vs, axis=0) for vs in zip(*new_v)]
+        adam_step += config.meta_batch * config.inner_iters
+        if it:  # the first iteration warms up
+            times.append(time.perf_counter() - start)
+    for var, w in zip(model.trainable_variables, theta):
+        var.assign(w)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="omniglot_5w5s")
+    parser.add_argument("--data_dir", default=os.environ.get("KERAS_REPTILE_DATA_DIR"))
+    parser.add_argument("--iterations", type=int, default=100, help="timed meta-iterations")
+    parser.add_argument("--reference_iterations", type=int, default=5)
+    args = parser.parse_args()
+    config = get_preset(args.preset).replace(eval_interval=0)
+    train_tasks, _ = load_tasks(config, args.data_dir)
+    fmodel = build_functional_model(config, train_tasks.input_shape)
+
+    with tempfile.TemporaryDirectory() as model_dir:
+        trainer = MetaTrainer(config, fmodel, train_tasks, make_strategy("default"), model_dir)
+        loop = tf.function(trainer._train_loop)
+        loop(tf.constant(10))[0].numpy()  # trace and warm up
+        chunk = 10
+        times = []
+        for _ in range(max(args.iterations // chunk, 1)):
+            start = time.perf_counter()
+            loop(tf.constant(chunk))[0].numpy()
+            times.append((time.perf_counter() - start) / chunk)
+    ms = 1000 * statistics.median(times)
+    reference = eager_reference_ms(config, train_tasks, fmodel, args.reference_iterations)
+    images = config.meta_batch * config.inner_iters * config.inner_batch
+    gflop = 3 * forward_flops(fmodel.model) * images / 1e9  # forward + backward ~ 3 x forward
+    peak = peak_matmul_gflops()
+    floor = 1000 * gflop / peak
+    result = {
+        "preset": args.preset,
+        "ms_per_meta_iteration": round(ms, 1),
+        "reference_eager_ms": round(reference, 1),
+        "speedup_vs_eager": round(reference / ms, 1),
+        "gflop_per_meta_iteration": round(gflop, 2),
+        "peak_matmul_gflops": round(peak, 1),
+        "flop_floor_ms": round(floor, 1),
+        "meta_iters_per_hour": round(3600e3 / ms),
+    }
+    print(
+        f"{args.preset}: {ms:.1f} ms per meta-iteration (eager reference {reference:.0f} ms); "
+        f"floor {floor:.1f} ms ({gflop:.2f} GFLOP at {peak:.0f} GFLOP/s)"
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
