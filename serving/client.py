@@ -42,6 +42,28 @@ DEFAULT_TIMEOUT = 30.0
 _PNG = (".png",)
 
 
+def predict_request(
+    model: str,
+    signature_name: str,
+    inputs: dict,
+    version: int | None = None,
+    label: str | None = None,
+) -> predict_pb2.PredictRequest:
+    """A `PredictRequest` for `model`'s signature with numpy-convertible `inputs`.
+
+    `version` wins over `label`; with neither, the server picks the latest version.
+    """
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = model, signature_name
+    if version is not None:
+        request.model_spec.version.value = version
+    elif label is not None:
+        request.model_spec.version_label = label
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+    return request
+
+
 class ClientError(Exception):
     """A request the server refused: `code` is the gRPC status name or the HTTP status."""
 
@@ -167,14 +189,7 @@ class Client:
                 (name,) = self.signature(model, signature_name, version).outputs
                 out = {name: out}
             return {k: np.asarray(v) for k, v in out.items()}
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name, request.model_spec.signature_name = model, signature_name
-        if version is not None:
-            request.model_spec.version.value = version
-        elif label is not None:
-            request.model_spec.version_label = label
-        for key, value in inputs.items():
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+        request = predict_request(model, signature_name, inputs, version, label)
         response = self._call(self._stub.Predict, request)
         return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 

@@ -20,7 +20,6 @@ import tensorflow as tf
 from grpc_health.v1 import health_pb2_grpc
 from tensorflow_serving.apis import (
     model_service_pb2_grpc,
-    predict_pb2,
     prediction_service_pb2_grpc,
 )
 
@@ -28,6 +27,7 @@ from keras_reptile.algorithms import FunctionalModel, InnerOptimizer
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.saved_model import ServingModule, export_saved_model
 from keras_reptile.models import build_model
+from serving.client import predict_request  # noqa: F401 - the tests build requests with it
 from serving.launcher import ServerProcess
 
 WAYS, SHAPE, STEPS, LR, BATCH = 5, (28, 28, 1), 2, 0.001, 5
@@ -160,20 +160,6 @@ def stubs(target: str) -> Stubs:
         model_service_pb2_grpc.ModelServiceStub(channel),
         health_pb2_grpc.HealthStub(channel),
     )
-
-
-def predict_request(
-    model: str, signature: str, inputs: dict, version: int | None = None, label: str | None = None
-) -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name, request.model_spec.signature_name = model, signature
-    if version is not None:
-        request.model_spec.version.value = version
-    if label is not None:
-        request.model_spec.version_label = label
-    for key, value in inputs.items():
-        request.inputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
-    return request
 
 
 def outputs(response) -> dict[str, np.ndarray]:
