@@ -42,6 +42,18 @@ DEFAULT_TIMEOUT = 30.0
 _PNG = (".png",)
 
 
+def rest_model_url(
+    base_url: str, model: str, version: int | None = None, label: str | None = None
+) -> str:
+    """TF Serving's REST path of a model, a version of it, or a labelled version."""
+    url = f"{base_url}/v1/models/{model}"
+    if version is not None:
+        url += f"/versions/{version}"
+    elif label is not None:
+        url += f"/labels/{label}"
+    return url
+
+
 def predict_request(
     model: str,
     signature_name: str,
@@ -101,12 +113,7 @@ class Client:
         self.close()
 
     def _model_path(self, model: str, version: int | None, label: str | None) -> str:
-        path = f"http://{self.target}/v1/models/{model}"
-        if version is not None:
-            path += f"/versions/{version}"
-        elif label is not None:
-            path += f"/labels/{label}"
-        return path
+        return rest_model_url(f"http://{self.target}", model, version, label)
 
     def _http(self, url: str, body: dict | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode()

@@ -28,6 +28,7 @@ from keras_reptile.export import signatures as sig
 from keras_reptile.export.saved_model import ServingModule, export_saved_model
 from keras_reptile.models import build_model
 from serving.client import predict_request  # noqa: F401 - the tests build requests with it
+from serving.client import rest_model_url as client_model_url
 from serving.launcher import ServerProcess
 
 WAYS, SHAPE, STEPS, LR, BATCH = 5, (28, 28, 1), 2, 0.001, 5
@@ -178,12 +179,7 @@ def http(method: str, url: str, body=None, raw: bytes | None = None, timeout: fl
 
 
 def rest_model_url(server: ServerProcess, model: str, version=None, label=None) -> str:
-    url = f"{server.rest_url}/v1/models/{model}"
-    if version is not None:
-        url += f"/versions/{version}"
-    if label is not None:
-        url += f"/labels/{label}"
-    return url
+    return client_model_url(server.rest_url, model, version, label)
 
 
 def columnar(signature: str, inputs: dict) -> dict:
