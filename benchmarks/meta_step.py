@@ -28,7 +28,7 @@ from keras_reptile.data.sources import load_tasks  # noqa: E402
 from keras_reptile.data.tasks import task_seed  # noqa: E402
 from keras_reptile.presets import get_preset  # noqa: E402
 from keras_reptile.run import build_functional_model  # noqa: E402
-from keras_reptile.training.strategy import make_strategy  # noqa: E402
+from keras_reptile.training.strategy import make_strategy, set_threads  # noqa: E402
 from keras_reptile.training.trainer import MetaTrainer  # noqa: E402
 
 
@@ -107,8 +107,14 @@ def main() -> None:
     parser.add_argument("--data_dir", default=os.environ.get("KERAS_REPTILE_DATA_DIR"))
     parser.add_argument("--iterations", type=int, default=100, help="timed meta-iterations")
     parser.add_argument("--reference_iterations", type=int, default=5)
+    parser.add_argument("--task_groups", type=int, default=None, help="overrides the preset's")
+    parser.add_argument("--intra_op_threads", type=int, default=None)
+    parser.add_argument("--inter_op_threads", type=int, default=None)
     args = parser.parse_args()
+    set_threads(args.intra_op_threads, args.inter_op_threads)
     config = get_preset(args.preset).replace(eval_interval=0)
+    if args.task_groups:
+        config = config.replace(task_groups=args.task_groups)
     train_tasks, _ = load_tasks(config, args.data_dir)
     fmodel = build_functional_model(config, train_tasks.input_shape)
 

@@ -42,6 +42,8 @@ class Config:
         seed: int. Seeds the class split and every sampled task.
         checkpoint_interval: int. Meta-iterations between checkpoints.
         strategy: str. One of `STRATEGIES`.
+        task_groups: int. The fast path trains each replica's tasks as this many stacked
+            networks, which run concurrently on the inter-op thread pool.
     """
 
     dataset: str = "sine"
@@ -72,6 +74,7 @@ class Config:
     seed: int = 0
     checkpoint_interval: int = 1000
     strategy: str = "default"
+    task_groups: int = 2
 
     @property
     def is_regression(self) -> bool:
@@ -98,6 +101,7 @@ class Config:
             "eval_samples",
             "eval_queries",
             "checkpoint_interval",
+            "task_groups",
         )
         for name in positive:
             if getattr(self, name) < 1:

@@ -20,6 +20,7 @@ from keras_reptile.algorithms.reptile import (
 from keras_reptile.algorithms.stacked import (
     StackedModel,
     adapt_tasks,
+    group_sizes,
     predict_tasks,
     stack,
     stack_state,
@@ -27,6 +28,7 @@ from keras_reptile.algorithms.stacked import (
 )
 
 __all__ = [
+    "group_sizes",
     "AdamState",
     "FunctionalModel",
     "InnerOptimizer",

@@ -39,6 +39,18 @@ def supports(fmodel: FunctionalModel) -> bool:
     return True
 
 
+def group_sizes(num_tasks: int, groups: int) -> list[int]:
+    """Sizes of at most `groups` near-equal, non-empty, contiguous groups of `num_tasks` tasks.
+
+    Independent groups run concurrently on TensorFlow's inter-op thread pool: on a few cores,
+    two single-threaded stacked networks beat one network whose small kernels are split across
+    the cores (benchmarks/meta_step.py).
+    """
+    groups = max(1, min(groups, num_tasks))
+    bounds = [round(i * num_tasks / groups) for i in range(groups + 1)]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
 def stack(weights: list[tf.Tensor], num_tasks) -> list[tf.Tensor]:
     """Repeats every weight along a new leading task axis."""
     return [tf.repeat(w[None], num_tasks, axis=0) for w in weights]

@@ -8,7 +8,14 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from keras_reptile.algorithms import StackedModel, adapt_tasks, predict_tasks, stack, stack_state
+from keras_reptile.algorithms import (
+    StackedModel,
+    adapt_tasks,
+    group_sizes,
+    predict_tasks,
+    stack,
+    stack_state,
+)
 
 # Task streams: each purpose draws its tasks from its own seed stream.
 STREAM_TRAIN, STREAM_EVAL_TRAIN, STREAM_EVAL_TEST, STREAM_INTERVAL, STREAM_PLOT = range(5)
@@ -55,17 +62,30 @@ class Evaluator:
         num_steps, batch_size, lr: the inner loop's evaluation settings.
         queries: int. Query points per regression task.
         chunk: int. Tasks per compiled call.
+        groups: int. Each chunk runs as this many stacked networks side by side (4 groups of 5
+            tasks adapt 1.8x faster than one group of 20 on two cores with one intra-op thread).
     """
 
     def __init__(
-        self, fmodel, optimizer, *, ways, shots, num_steps, batch_size, lr, queries=1, chunk=20
+        self,
+        fmodel,
+        optimizer,
+        *,
+        ways,
+        shots,
+        num_steps,
+        batch_size,
+        lr,
+        queries=1,
+        chunk=20,
+        groups=4,
     ):
         self.fmodel, self.optimizer = fmodel, optimizer
         self.stacked = StackedModel(fmodel)
         self.ways, self.shots = ways, shots
         self.queries = queries if fmodel.regression else 1
         self.num_steps, self.batch_size, self.lr = num_steps, batch_size, lr
-        self.chunk = chunk
+        self.chunk, self.groups = chunk, groups
         self._compiled = {}
 
     def sample(self, tasks, seeds):
@@ -99,20 +119,32 @@ class Evaluator:
     ) -> list[tf.Tensor]:
         """Outputs `[T, Q, outputs]` for `T` stacked tasks, one per protocol in `protocols`
         (`transductive` flags), after adapting `weights` on each task's support set."""
-        n = tf.shape(support_x)[0]
-        adapted = adapt_tasks(
-            self.stacked,
-            self.optimizer,
-            stack(weights, n),
-            stack_state(state, n),
-            support_x,
-            support_y,
-            self.lr,
-            self.num_steps,
-            self.batch_size,
-            batch_seeds,
-        )
-        return [predict_tasks(self.stacked, adapted, support_x, query_x, t) for t in protocols]
+        num_tasks = support_x.shape[0]
+        if num_tasks is None:  # unknown statically: one group
+            sizes, n = [None], tf.shape(support_x)[0]
+        else:
+            sizes, n = group_sizes(num_tasks, self.groups), None
+        parts = [
+            tf.split(t, sizes) if n is None else [t]
+            for t in (support_x, support_y, query_x, batch_seeds)
+        ]
+        outputs = []
+        for size, sx, sy, qx, seeds in zip(sizes, *parts):
+            size = size or n
+            adapted = adapt_tasks(
+                self.stacked,
+                self.optimizer,
+                stack(weights, size),
+                stack_state(state, size),
+                sx,
+                sy,
+                self.lr,
+                self.num_steps,
+                self.batch_size,
+                seeds,
+            )
+            outputs.append([predict_tasks(self.stacked, adapted, sx, qx, t) for t in protocols])
+        return [tf.concat(list(outs), axis=0) for outs in zip(*outputs)]
 
     def score(self, tasks, seeds, weights, state) -> tf.Tensor:
         """`[T, 2]` scores of the tasks of `seeds`: accuracy non-transductive and transductive

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from keras_reptile.algorithms import (
     InnerOptimizer,
     StackedModel,
+    group_sizes,
     meta_step_size,
     stack,
     stack_batches,
@@ -105,20 +106,30 @@ class MetaTrainer:
                 )
             )
         if self.stacked is not None:
-            # Fast path: the replica's tasks as one set of kernels (see algorithms/stacked.py).
-            n = self.tasks_per_replica
-            update = task_update(
-                self.stacked,
-                self.optimizer,
-                stack(theta, n),
-                stack_state(start_state, n),
-                stack_batches(batches),
-                lr=c.learning_rate,
-                foml=c.foml,
-            )
-            delta_sum = [tf.reduce_sum(d, axis=0) for d in update.delta]
-            v_sum = [tf.reduce_sum(v, axis=0) for v in update.state.v] if update.state else []
-            loss_sum = update.mean_loss
+            # Fast path: each group of the replica's tasks runs as one set of kernels (see
+            # algorithms/stacked.py); the groups are independent, so the inter-op thread pool
+            # runs them side by side.
+            delta_sum, v_sum, loss_sum = [], [], []
+            start = 0
+            for n in group_sizes(len(batches), c.task_groups):
+                group, start = batches[start : start + n], start + n
+                update = task_update(
+                    self.stacked,
+                    self.optimizer,
+                    stack(theta, n),
+                    stack_state(start_state, n),
+                    stack_batches(group),
+                    lr=c.learning_rate,
+                    foml=c.foml,
+                )
+                delta_sum.append([tf.reduce_sum(d, axis=0) for d in update.delta])
+                v_sum.append(
+                    [tf.reduce_sum(v, axis=0) for v in update.state.v] if update.state else []
+                )
+                loss_sum.append(update.mean_loss)
+            delta_sum = [tf.add_n(list(ds)) for ds in zip(*delta_sum)]
+            v_sum = [tf.add_n(list(vs)) for vs in zip(*v_sum)]
+            loss_sum = tf.add_n(loss_sum)
         else:
             updates = [
                 task_update(

@@ -11,6 +11,7 @@ from keras_reptile.algorithms import (
     StackedModel,
     adapt,
     adapt_tasks,
+    group_sizes,
     predict_queries,
     predict_tasks,
     stack,
@@ -139,3 +140,11 @@ def test_adapt_and_predict_match_each_task():
                 np.testing.assert_allclose(a[t], b, atol=1e-5)
             plain = predict_queries(fmodel, plain_w, support_x[t], query_x[t], transductive)
             np.testing.assert_allclose(fast[t], plain, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "tasks, groups, sizes", [(5, 2, [2, 3]), (4, 2, [2, 2]), (2, 5, [1, 1]), (3, 1, [3])]
+)
+def test_group_sizes(tasks, groups, sizes):
+    assert sorted(group_sizes(tasks, groups)) == sizes
+    assert sum(group_sizes(tasks, groups)) == tasks

@@ -63,12 +63,16 @@ def test_zero_regression_model_scores_the_sine_variance():
     assert abs(result.mean - 4.2517) < max(2 * result.ci95, 0.1)
 
 
-def test_same_tasks_whatever_the_chunking_and_repeatable():
+def test_same_tasks_whatever_the_chunking_and_grouping_and_repeatable():
     fmodel = zero_linear_model(5, (4, 4, 1))
     weights = fmodel.initial_weights()
-    a = evaluator(fmodel, steps=1, lr=0.1, chunk=3).evaluate(one_hot_classes(), weights, (), 10, 5)
-    b = evaluator(fmodel, steps=1, lr=0.1, chunk=7).evaluate(one_hot_classes(), weights, (), 10, 5)
-    assert a == b
+    runs = [
+        evaluator(fmodel, steps=1, lr=0.1, chunk=chunk, groups=groups).evaluate(
+            one_hot_classes(), weights, (), 10, 5
+        )
+        for chunk, groups in [(3, 1), (7, 1), (7, 3), (3, 2)]
+    ]
+    assert all(run == runs[0] for run in runs)
 
 
 def test_confidence_interval():

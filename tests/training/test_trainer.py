@@ -30,6 +30,9 @@ TINY = Config(
     eval_samples=4,
     eval_interval=0,
     checkpoint_interval=2,
+    # Mirrored gives each replica half the tasks; one group keeps the kernels the same shape as on
+    # one device (test_task_groups_... covers the groups).
+    task_groups=1,
 )
 
 
@@ -115,6 +118,15 @@ def test_stacked_fast_path_matches_the_plain_per_task_loop(tmp_path, foml, foml_
     _, plain = trained_weights(tmp_path / "plain", config=config, stacked=False)
     assert fast.stacked is not None and plain.stacked is None
     assert_trained_and_equal(fast, plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [2, 3, 4])
+def test_task_groups_match_one_stacked_network(tmp_path, groups):
+    # One meta-update, as above: a one-task group convolves like the plain path and rounds so.
+    config = TINY.replace(meta_iters=1, checkpoint_interval=1)
+    _, one = trained_weights(tmp_path / "one", config=config)
+    _, split = trained_weights(tmp_path / "split", config=config.replace(task_groups=groups))
+    assert_trained_and_equal(one, split, atol=1e-5)
 
 
 def test_meta_batch_must_divide_across_replicas(tmp_path):
