@@ -124,7 +124,11 @@ def evaluate(
                 trainer.optimizer.init_state(weights),
             )
         )
-    results = {"meta_iterations": int(trainer.state.step.numpy()), "num_tasks": config.eval_samples}
+    results = {
+        "meta_iterations": int(trainer.state.step.numpy()),
+        "num_tasks": config.eval_samples,
+        "protocol": _protocol(config),
+    }
     for split, tasks, w, s in runs:
         stream = stream_seed(
             config.seed, STREAM_EVAL_TRAIN if split == "train" else STREAM_EVAL_TEST
@@ -162,6 +166,12 @@ def evaluate(
     return results
 
 
+def _protocol(config: Config) -> dict:
+    """The evaluation settings a measured result belongs to."""
+    keys = ("classes", "shots", "eval_iters", "eval_batch", "learning_rate", "sgd", "seed")
+    return {k: getattr(config, k) for k in keys}
+
+
 def export(
     config: Config, trainer: MetaTrainer, fmodel, export_dir: str, name: str, model_dir: str
 ) -> str:
@@ -171,6 +181,16 @@ def export(
     if os.path.exists(results_path):
         with open(results_path) as f:
             measured = json.load(f)
+        # Runs that train identically (omniglot_5w1s and 5w5s) may share a model_dir; a card
+        # only carries numbers measured with its own protocol on these very weights.
+        step = int(trainer.state.step.numpy())
+        if measured.get("protocol") != _protocol(config) or measured.get("meta_iterations") != step:
+            print(
+                f"Not putting {results_path} in the model card: it was measured with another "
+                "evaluation protocol or at another step. Evaluate first (--mode=evaluate).",
+                flush=True,
+            )
+            measured = None
     module = ServingModule(
         fmodel,
         trainer.state.numpy_weights(),

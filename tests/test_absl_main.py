@@ -132,3 +132,14 @@ def test_sine_default_runs_end_to_end(tmp_path):
     again = run_main("--meta_iters=1500", "--eval_samples=300", "--mode=export", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "saved_models/sine/2/saved_model.pb").exists()
+    card = json.loads((tmp_path / "saved_models/sine/2/assets.extra/model_card.json").read_text())
+    assert card["measured"]["test"]["mse"]["mean"] == meta
+    # Another protocol on the same run (as omniglot_5w5s shares omniglot_5w1s's training): the
+    # card must not carry numbers measured with 10 shots.
+    other = run_main(
+        "--meta_iters=1500", "--shots=5", "--mode=export", "--export_dir=other", cwd=tmp_path
+    )
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "Not putting" in other.stdout
+    card = json.loads((tmp_path / "other/1/assets.extra/model_card.json").read_text())
+    assert card["measured"] is None and card["shots"] == 5
