@@ -120,13 +120,25 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=8, help="requests per client")
     parser.add_argument("--inner_steps", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=300.0, help="deadline of each request")
+    parser.add_argument(
+        "--intra_op_threads", type=int, default=1, help="the server's threads per kernel"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
         base = os.path.abspath(args.export_dir) if args.export_dir else export_untrained(scratch)
         model = os.path.basename(base.rstrip("/"))
-        flags = [f"--model_name={model}", f"--model_base_path={base}"]
-        results = {"model": model, "cpu_count": os.cpu_count(), "inner_steps": args.inner_steps}
+        flags = [
+            f"--model_name={model}",
+            f"--model_base_path={base}",
+            f"--tensorflow_intra_op_parallelism={args.intra_op_threads}",
+        ]
+        results = {
+            "model": model,
+            "cpu_count": os.cpu_count(),
+            "inner_steps": args.inner_steps,
+            "intra_op_threads": args.intra_op_threads,
+        }
         with ServerProcess(flags, rest=False) as server:
             for shots in (1, 5):
                 request = make_request(model, 5, shots, args.inner_steps, seed=shots)

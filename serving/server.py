@@ -18,6 +18,7 @@ import threading
 
 from absl import app, flags, logging
 
+from keras_reptile.training.strategy import set_threads
 from serving import grpc_service, model_config, rest
 from serving.errors import ServingError
 from serving.model_manager import ModelManager
@@ -51,6 +52,14 @@ flags.DEFINE_integer("max_queries", 500, "Most query (or serving_default) exampl
 flags.DEFINE_integer("max_inner_steps", 1000, "Largest inner_steps a request may ask for.")
 flags.DEFINE_integer("max_message_bytes", 64 * 2**20, "Largest gRPC message or REST body.")
 flags.DEFINE_integer("grpc_workers", 16, "gRPC worker threads (requests run in parallel).")
+# TF Serving's names. One thread per kernel: concurrent requests then share the cores instead of
+# each splitting small kernels across them (benchmarks/serving_load.py).
+flags.DEFINE_integer(
+    "tensorflow_intra_op_parallelism", 1, "Threads per TensorFlow kernel (0: TensorFlow's default)."
+)
+flags.DEFINE_integer(
+    "tensorflow_inter_op_parallelism", 0, "Kernels run at once (0: TensorFlow's default)."
+)
 flags.DEFINE_float("shutdown_grace_seconds", 30.0, "On SIGTERM, time given to requests in flight.")
 
 
@@ -95,6 +104,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     _check_flags()
+    try:
+        set_threads(FLAGS.tensorflow_intra_op_parallelism, FLAGS.tensorflow_inter_op_parallelism)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     limits = Limits(
         FLAGS.max_support, FLAGS.max_queries, FLAGS.max_inner_steps, FLAGS.max_message_bytes
     )
