@@ -6,13 +6,15 @@ Times steady-state meta-iterations of `MetaTrainer` (warm, compiled), the same R
 written the straightforward eager Keras way (a Python loop over tasks and steps, `GradientTape`,
 Adam with beta1=0 assigned into the model's variables), and the floating-point floor: the forward
 and backward work of one meta-iteration divided by the machine's measured peak matmul rate.
-Prints one JSON object as its last line.
+The reference and the peak run in a subprocess with TensorFlow's default thread pools; the trainer
+with the project's (`--intra_op_threads`, as absl_main.py). Prints one JSON object as its last line.
 """
 
 import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,13 +110,28 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=100, help="timed meta-iterations")
     parser.add_argument("--reference_iterations", type=int, default=5)
     parser.add_argument("--task_groups", type=int, default=None, help="overrides the preset's")
-    parser.add_argument("--intra_op_threads", type=int, default=None)
-    parser.add_argument("--inter_op_threads", type=int, default=None)
+    parser.add_argument("--intra_op_threads", type=int, default=1, help="as absl_main.py's")
+    parser.add_argument("--inter_op_threads", type=int, default=0, help="as absl_main.py's")
+    parser.add_argument("--baselines_only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    set_threads(args.intra_op_threads, args.inter_op_threads)
     config = get_preset(args.preset).replace(eval_interval=0)
     if args.task_groups:
         config = config.replace(task_groups=args.task_groups)
+    if args.baselines_only:
+        # TensorFlow's default thread pools: the reference and the peak at their own best.
+        train_tasks, _ = load_tasks(config, args.data_dir)
+        fmodel = build_functional_model(config, train_tasks.input_shape)
+        reference = eager_reference_ms(config, train_tasks, fmodel, args.reference_iterations)
+        print(json.dumps({"reference": reference, "peak": peak_matmul_gflops()}))
+        return
+    baselines = subprocess.run(
+        [sys.executable, __file__, *sys.argv[1:], "--baselines_only"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    baselines = json.loads(baselines.stdout.strip().splitlines()[-1])
+    set_threads(args.intra_op_threads, args.inter_op_threads)
     train_tasks, _ = load_tasks(config, args.data_dir)
     fmodel = build_functional_model(config, train_tasks.input_shape)
 
@@ -129,13 +146,15 @@ def main() -> None:
             loop(tf.constant(chunk))[0].numpy()
             times.append((time.perf_counter() - start) / chunk)
     ms = 1000 * statistics.median(times)
-    reference = eager_reference_ms(config, train_tasks, fmodel, args.reference_iterations)
+    reference = baselines["reference"]
     images = config.meta_batch * config.inner_iters * config.inner_batch
     gflop = 3 * forward_flops(fmodel.model) * images / 1e9  # forward + backward ~ 3 x forward
-    peak = peak_matmul_gflops()
+    peak = baselines["peak"]
     floor = 1000 * gflop / peak
     result = {
         "preset": args.preset,
+        "task_groups": config.task_groups,
+        "intra_op_threads": args.intra_op_threads,
         "ms_per_meta_iteration": round(ms, 1),
         "reference_eager_ms": round(reference, 1),
         "speedup_vs_eager": round(reference / ms, 1),
