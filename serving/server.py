@@ -73,8 +73,13 @@ def _check_flags() -> None:
     for name in ("max_support", "max_queries", "max_message_bytes", "grpc_workers"):
         if FLAGS[name].value < 1:
             raise app.UsageError(f"--{name} must be >= 1. Received: {FLAGS[name].value}")
-    if FLAGS.max_inner_steps < 0:
-        raise app.UsageError(f"--max_inner_steps must be >= 0. Received: {FLAGS.max_inner_steps}")
+    for name in (
+        "max_inner_steps",
+        "tensorflow_intra_op_parallelism",
+        "tensorflow_inter_op_parallelism",
+    ):
+        if FLAGS[name].value < 0:
+            raise app.UsageError(f"--{name} must be >= 0. Received: {FLAGS[name].value}")
     if FLAGS["model_name"].present and not (FLAGS.model_base_path or FLAGS.model_config_file):
         raise app.UsageError("--model_name needs --model_base_path (or use --model_config_file).")
 
@@ -104,10 +109,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     _check_flags()
-    try:
-        set_threads(FLAGS.tensorflow_intra_op_parallelism, FLAGS.tensorflow_inter_op_parallelism)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    set_threads(FLAGS.tensorflow_intra_op_parallelism, FLAGS.tensorflow_inter_op_parallelism)
     limits = Limits(
         FLAGS.max_support, FLAGS.max_queries, FLAGS.max_inner_steps, FLAGS.max_message_bytes
     )

@@ -137,3 +137,9 @@ def test_refuses_to_start_without_models_or_with_a_bad_label(base, tmp_path):
     result = _launch([f"--model_config_file={config}"], tmp_path)
     assert result.returncode == 1
     assert "Request to assign label to version 9 of model omni" in result.stderr
+
+
+def test_bad_thread_flag_is_a_usage_error(tmp_path):
+    result = _launch(["--tensorflow_intra_op_parallelism=-2"], tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--tensorflow_intra_op_parallelism must be >= 0. Received: -2" in result.stderr
