@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.python.saved_model import loader_impl
 
 from keras_reptile.config import Config
 from keras_reptile.data.sources import load_tasks
 from keras_reptile.data.tasks import task_seed
 from keras_reptile.export import signatures as sig
 from tests.conftest import OMNIGLOT_DIR, REPO_ROOT
+from tests.export.helpers import PYTHON_OPS, saved_model_ops
 
 ZOO = REPO_ROOT / "saved_models"
 VERSIONS = sorted(p for p in ZOO.glob("*/*") if p.name.isdigit())
@@ -54,9 +54,7 @@ def test_tf1_session_adapts_to_new_tasks_as_measured(path):
     config = config_of(card)
     if config.dataset == "omniglot" and not OMNIGLOT_DIR.exists():
         pytest.skip(f"Omniglot not found at {OMNIGLOT_DIR}")
-    graph = loader_impl.parse_saved_model(str(path)).meta_graphs[0].graph_def
-    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
-    assert not ops & {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
+    assert not saved_model_ops(path) & PYTHON_OPS
     _, test_tasks = load_tasks(config, str(OMNIGLOT_DIR))
     spec = sig.signature_specs(tuple(card["input_shape"]), config.is_regression)
     spec = spec[sig.ADAPT_AND_PREDICT]

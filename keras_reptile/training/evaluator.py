@@ -119,18 +119,16 @@ class Evaluator:
     ) -> list[tf.Tensor]:
         """Outputs `[T, Q, outputs]` for `T` stacked tasks, one per protocol in `protocols`
         (`transductive` flags), after adapting `weights` on each task's support set."""
+        tensors = (support_x, support_y, query_x, batch_seeds)
         num_tasks = support_x.shape[0]
-        if num_tasks is None:  # unknown statically: one group
-            sizes, n = [None], tf.shape(support_x)[0]
-        else:
-            sizes, n = group_sizes(num_tasks, self.groups), None
-        parts = [
-            tf.split(t, sizes) if n is None else [t]
-            for t in (support_x, support_y, query_x, batch_seeds)
-        ]
+        groups = (
+            zip(*(tf.split(t, group_sizes(num_tasks, self.groups)) for t in tensors))
+            if num_tasks
+            else [tensors]  # a task count unknown when tracing: one group
+        )
         outputs = []
-        for size, sx, sy, qx, seeds in zip(sizes, *parts):
-            size = size or n
+        for sx, sy, qx, seeds in groups:
+            size = sx.shape[0] or tf.shape(sx)[0]
             adapted = adapt_tasks(
                 self.stacked,
                 self.optimizer,

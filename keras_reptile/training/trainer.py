@@ -109,7 +109,7 @@ class MetaTrainer:
             # Fast path: each group of the replica's tasks runs as one set of kernels (see
             # algorithms/stacked.py); the groups are independent, so the inter-op thread pool
             # runs them side by side.
-            delta_sum, v_sum, loss_sum = [], [], []
+            group_deltas, group_vs, group_losses = [], [], []
             start = 0
             for n in group_sizes(len(batches), c.task_groups):
                 group, start = batches[start : start + n], start + n
@@ -122,14 +122,14 @@ class MetaTrainer:
                     lr=c.learning_rate,
                     foml=c.foml,
                 )
-                delta_sum.append([tf.reduce_sum(d, axis=0) for d in update.delta])
-                v_sum.append(
+                group_deltas.append([tf.reduce_sum(d, axis=0) for d in update.delta])
+                group_vs.append(
                     [tf.reduce_sum(v, axis=0) for v in update.state.v] if update.state else []
                 )
-                loss_sum.append(update.mean_loss)
-            delta_sum = [tf.add_n(list(ds)) for ds in zip(*delta_sum)]
-            v_sum = [tf.add_n(list(vs)) for vs in zip(*v_sum)]
-            loss_sum = tf.add_n(loss_sum)
+                group_losses.append(update.mean_loss)
+            delta_sum = [tf.add_n(list(ds)) for ds in zip(*group_deltas)]
+            v_sum = [tf.add_n(list(vs)) for vs in zip(*group_vs)]
+            loss_sum = tf.add_n(group_losses)
         else:
             updates = [
                 task_update(

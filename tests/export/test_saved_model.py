@@ -15,9 +15,9 @@ from keras_reptile.export import signatures as sig
 from keras_reptile.export.saved_model import ServingModule, export_saved_model, next_version
 from keras_reptile.models import build_model
 from keras_reptile.training.evaluator import Evaluator
+from tests.export.helpers import PYTHON_OPS, saved_model_ops
 
 WAYS, SHOTS, STEPS, LR, BATCH = 5, 2, 6, 0.01, 5
-PYTHON_OPS = {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
 
 
 def make_module():
@@ -87,10 +87,7 @@ def test_signature_defs_follow_the_contract(exported):
 
 
 def test_no_python_ops(exported):
-    graph = loader_impl.parse_saved_model(exported["path"]).meta_graphs[0].graph_def
-    ops = {n.op for n in graph.node}
-    for fn in graph.library.function:
-        ops |= {n.op for n in fn.node_def}
+    ops = saved_model_ops(exported["path"])
     assert not ops & PYTHON_OPS
     assert "Conv2D" in ops and ops & {"While", "StatelessWhile"}  # model and in-graph inner loop
 

@@ -15,18 +15,12 @@ from tests.serving.helpers import (
     WAYS,
     outputs,
     predict_request,
-    shared_server,
     sine_task,
     stubs,
     task,
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def server():
-    return shared_server()
 
 
 def _cli(*args, timeout=120):

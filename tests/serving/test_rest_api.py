@@ -16,18 +16,12 @@ from tests.serving.helpers import (
     outputs,
     predict_request,
     rest_model_url,
-    shared_server,
     sine_task,
     stubs,
     task,
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def server():
-    return shared_server()
 
 
 def _grpc_logits(server, inputs, signature=sig.ADAPT_AND_PREDICT, **kw):
