@@ -46,6 +46,13 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "inter_op_threads", 0, "Kernels run at once (0 = TensorFlow's default).", lower_bound=0
 )
+flags.DEFINE_string(
+    "warm_start_from",
+    None,
+    "Start an empty --model_dir from this SavedModel (saved_models/<name>[/<version>]): its "
+    "initialization, carried Adam statistics and meta-iteration count. Then train on, evaluate "
+    "with this preset's protocol or re-export.",
+)
 flags.DEFINE_string("name", None, "Model name in the export's card. Default: the preset.")
 
 # Every Config field is a flag that overrides the preset (names follow the official code's).
@@ -89,6 +96,7 @@ def main(argv):
             data_source=FLAGS.data_source,
             tfds_manual_dir=FLAGS.tfds_manual_dir,
             name=FLAGS.name or FLAGS.preset,
+            warm_start_from=FLAGS.warm_start_from,
         )
     except ValueError as error:
         # Bad values surface here as the library's ValueError: show the message, not a traceback.

@@ -11,7 +11,11 @@ from tqdm import tqdm
 from keras_reptile.algorithms import FunctionalModel
 from keras_reptile.config import Config
 from keras_reptile.data.sources import load_tasks
-from keras_reptile.export.saved_model import ServingModule, export_saved_model
+from keras_reptile.export.saved_model import (
+    ServingModule,
+    export_saved_model,
+    read_exported_state,
+)
 from keras_reptile.models import build_model
 from keras_reptile.training.evaluator import (
     STREAM_EVAL_TEST,
@@ -20,7 +24,7 @@ from keras_reptile.training.evaluator import (
     stream_seed,
 )
 from keras_reptile.training.strategy import make_strategy
-from keras_reptile.training.trainer import MetaTrainer
+from keras_reptile.training.trainer import WARM_START_FILE, MetaTrainer
 
 MODES = ("train", "evaluate", "export", "all")
 RESULTS_FILE = "eval_results.json"
@@ -53,6 +57,7 @@ def run(
     data_source: str = "local",
     tfds_manual_dir: str | None = None,
     name: str = "model",
+    warm_start_from: str | None = None,
 ) -> dict:
     """Runs `mode` (train | evaluate | export | all) and returns the evaluation results, if any.
 
@@ -65,6 +70,8 @@ def run(
         data_source: str. "local" or "tfds".
         tfds_manual_dir: str. tensorflow-datasets' manual_dir (the official zips), if any.
         name: str. Model name (the preset) written into the model card.
+        warm_start_from: str. A SavedModel of this package (a version or its base folder) whose
+            initialization, Adam statistics and step an empty model_dir starts from.
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode. Expected one of {MODES}. Received: mode={mode!r}")
@@ -76,6 +83,8 @@ def run(
         {"test": test_tasks} if config.is_regression else {"train": train_tasks, "test": test_tasks}
     )
     trainer = MetaTrainer(config, fmodel, train_tasks, strategy, model_dir, eval_tasks=eval_tasks)
+    if warm_start_from:
+        trainer.warm_start(read_exported_state(warm_start_from))
     if mode in ("train", "all"):
         trainer.train()
     else:
@@ -220,6 +229,10 @@ def export(
         "measured": measured,
         "config": config.__dict__,
     }
+    warm_start = os.path.join(model_dir, WARM_START_FILE)
+    if os.path.exists(warm_start):
+        with open(warm_start) as f:
+            card["warm_started_from"] = json.load(f)
     return export_saved_model(module, export_dir, card, name)
 
 

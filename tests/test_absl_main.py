@@ -45,6 +45,11 @@ def run_main(*flags, cwd=None, timeout=600):
         (["--preset=omniglot_5w1s", "--data_dir=/nonexistent"], "/nonexistent"),
         (["stray"], "Unexpected arguments: stray"),
         (["--mode=evaluate", "--model_dir=/tmp/keras_reptile_no_such_run"], "No checkpoint"),
+        (["--warm_start_from=/nonexistent"], "Expected a keras-reptile SavedModel"),
+        (
+            [f"--warm_start_from={REPO_ROOT / 'saved_models/omniglot_5w1s'}"],
+            "dataset='omniglot'; this run cannot start from it. Received: dataset='sine'",
+        ),
     ],
 )
 def test_bad_flags_give_usage_errors_not_tracebacks(flags, expected, tmp_path):

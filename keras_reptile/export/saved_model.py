@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
@@ -222,3 +223,50 @@ def export_saved_model(module: ServingModule, base_dir: str, card: dict, model_n
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@dataclass(frozen=True)
+class ExportedState:
+    """What an export holds of a meta-training run: enough to evaluate, re-export or go on."""
+
+    path: str
+    card: dict
+    weights: list
+    adam_step: float
+    adam_v: list
+
+    @property
+    def meta_iterations(self) -> int:
+        return int(self.card["meta_iterations"])
+
+
+def read_exported_state(path: str) -> ExportedState:
+    """Reads the initialization, Adam statistics and card of `path` (a version, or its base folder).
+
+    A base folder (`saved_models/<name>`) means its largest integer version.
+    """
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
+        versions = [int(n) for n in os.listdir(path) if n.isdigit()]
+        if versions:
+            path = os.path.join(path, str(max(versions)))
+    card_path = os.path.join(path, "assets.extra", sig.CARD_FILE)
+    if not (os.path.exists(os.path.join(path, "saved_model.pb")) and os.path.exists(card_path)):
+        raise ValueError(
+            "Expected a keras-reptile SavedModel version folder (saved_model.pb and "
+            f"assets.extra/{sig.CARD_FILE}) or its base folder. Received: path={path!r}"
+        )
+    with open(card_path) as f:
+        card = json.load(f)
+    if "meta_iterations" not in card or "config" not in card:
+        raise ValueError(
+            f"{card_path} lacks meta_iterations or config; it was not written by this package's "
+            f"exporter. Received: path={path!r}"
+        )
+    loaded = tf.saved_model.load(path)
+    return ExportedState(
+        path=path,
+        card=card,
+        weights=[w.numpy() for w in loaded.weights],
+        adam_step=float(loaded.adam_step.numpy()),
+        adam_v=[v.numpy() for v in loaded.adam_v],
+    )

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # Hyperparameters that a resumed run must share with the checkpoint it resumes.
 _RESUME_KEYS = ("dataset", "model", "classes", "seed", "sgd")
+# Written into model_dir when a run starts from an export rather than from scratch.
+WARM_START_FILE = "warm_start.json"
 
 
 def inner_optimizer(config: Config) -> InnerOptimizer:
@@ -200,6 +202,49 @@ class MetaTrainer:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             log.info("Restored %s (step %d).", latest, int(self.state.step.numpy()))
         return int(self.state.step.numpy())
+
+    def warm_start(self, source) -> int:
+        """Starts an empty model_dir from an export (`ExportedState`); returns the step reached.
+
+        The export holds the whole run state (initialization, carried Adam statistics, step), so
+        evaluating, re-exporting or training on from it is the same as from the run's checkpoint.
+        A model_dir that already has a checkpoint keeps it and the export is not read into it.
+        """
+        step = self.restore()
+        if step:
+            print(
+                f"{self.model_dir} already holds a checkpoint at step {step}: continuing from "
+                f"it, not from {source.path}.",
+                flush=True,
+            )
+            return step
+        saved = source.card["config"]
+        for key in _RESUME_KEYS:
+            if saved.get(key) != getattr(self.config, key):
+                raise ValueError(
+                    f"{source.path} was trained with {key}={saved.get(key)!r}; this run cannot "
+                    f"start from it. Received: {key}={getattr(self.config, key)!r}"
+                )
+        shapes = [tuple(w.shape) for w in self.state.weights]
+        if [tuple(w.shape) for w in source.weights] != shapes:
+            raise ValueError(
+                f"{source.path} holds weights of other shapes than this run's model {shapes}. "
+                f"Received: shapes={[tuple(w.shape) for w in source.weights]}"
+            )
+        for var, value in zip(self.state.weights, source.weights):
+            var.assign(value)
+        for var, value in zip(self.state.adam_v, source.adam_v):
+            var.assign(value)
+        self.state.adam_step.assign(source.adam_step)
+        self.state.step.assign(source.meta_iterations)
+        with open(os.path.join(self.model_dir, WARM_START_FILE), "w") as f:
+            json.dump({"path": source.path, "meta_iterations": source.meta_iterations}, f)
+        self.manager.save(checkpoint_number=source.meta_iterations)
+        print(
+            f"Started {self.model_dir} from {source.path} (step {source.meta_iterations}).",
+            flush=True,
+        )
+        return source.meta_iterations
 
     def _check_config(self) -> None:
         path = os.path.join(self.model_dir, "config.json")
