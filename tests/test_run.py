@@ -43,10 +43,7 @@ def test_warm_start_from_an_export_evaluates_and_exports_the_same_run(tmp_path):
     card, source = _card(tmp_path / "again_export"), _card(tmp_path / "first_export")
     assert card["measured"] == source["measured"]
     assert card["meta_iterations"] == 4
-    assert card["warm_started_from"] == {
-        "path": str(tmp_path / "first_export/1"),
-        "meta_iterations": 4,
-    }
+    assert card["warm_started_from"] == {"model": "sine", "version": 1, "meta_iterations": 4}
     one = read_exported_state(str(tmp_path / "first_export/1"))
     two = read_exported_state(str(tmp_path / "again_export"))  # base folder: latest version
     assert two.adam_step == one.adam_step > 0

@@ -237,8 +237,17 @@ class MetaTrainer:
             var.assign(value)
         self.state.adam_step.assign(source.adam_step)
         self.state.step.assign(source.meta_iterations)
+        version = os.path.basename(os.path.normpath(source.path))
         with open(os.path.join(self.model_dir, WARM_START_FILE), "w") as f:
-            json.dump({"path": source.path, "meta_iterations": source.meta_iterations}, f)
+            # Name and version, not the path: the card must say the same wherever it was made.
+            json.dump(
+                {
+                    "model": source.card.get("name"),
+                    "version": int(version) if version.isdigit() else version,
+                    "meta_iterations": source.meta_iterations,
+                },
+                f,
+            )
         self.manager.save(checkpoint_number=source.meta_iterations)
         print(
             f"Started {self.model_dir} from {source.path} (step {source.meta_iterations}).",
