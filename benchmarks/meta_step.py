@@ -162,10 +162,14 @@ def main() -> None:
         "peak_matmul_gflops": round(peak, 1),
         "flop_floor_ms": round(floor, 1),
         "meta_iters_per_hour": round(3600e3 / ms),
+        # Training alone at this rate; the periodic and final evaluations come on top.
+        "estimated_training_minutes": round(ms * config.meta_iters / 60e3, 1),
     }
     print(
         f"{args.preset}: {ms:.1f} ms per meta-iteration (eager reference {reference:.0f} ms); "
-        f"floor {floor:.1f} ms ({gflop:.2f} GFLOP at {peak:.0f} GFLOP/s)"
+        f"floor {floor:.1f} ms ({gflop:.2f} GFLOP at {peak:.0f} GFLOP/s); "
+        f"{config.meta_iters:,} meta-iterations in about "
+        f"{result['estimated_training_minutes']:.0f} minutes"
     )
     print(json.dumps(result))
 

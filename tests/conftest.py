@@ -13,6 +13,12 @@ OMNIGLOT_DIR = pathlib.Path(
     os.environ.get("KERAS_REPTILE_OMNIGLOT_DIR", REPO_ROOT.parent / "shared" / "data" / "omniglot")
 )
 
+needs_omniglot = pytest.mark.skipif(
+    not (OMNIGLOT_DIR / "images_background.zip").is_file()
+    or not (OMNIGLOT_DIR / "images_evaluation.zip").is_file(),
+    reason=f"Omniglot zips not found in {OMNIGLOT_DIR}; set KERAS_REPTILE_OMNIGLOT_DIR.",
+)
+
 # oneDNN's multi-threaded reductions may round differently from run to run; tests that compare
 # runs bit for bit (resume == uninterrupted) need deterministic kernels.
 tf.config.experimental.enable_op_determinism()

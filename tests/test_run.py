@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_reptile.config import Config
 from keras_reptile.export.saved_model import read_exported_state
@@ -51,6 +52,15 @@ def test_warm_start_from_an_export_evaluates_and_exports_the_same_run(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_warm_start_under_mirrored_gives_the_same_numbers(tmp_path):
+    first = _run(SINE, tmp_path, "first")
+    mirrored = SINE.replace(strategy="mirrored")
+    again = _run(
+        mirrored, tmp_path, "again", mode="evaluate", warm_start_from=str(tmp_path / "first_export")
+    )
+    assert again == first
+
+
 def test_training_on_from_an_export_matches_a_run_that_never_stopped(tmp_path):
     _run(SINE.replace(meta_iters=2), tmp_path, "half")
     _run(SINE, tmp_path, "rest", warm_start_from=str(tmp_path / "half_export"))
@@ -90,3 +100,14 @@ def test_warm_start_from_a_folder_without_an_export_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="Expected a keras-reptile SavedModel.*Received: path="):
         _run(SINE, tmp_path, "run", warm_start_from=str(tmp_path / "empty"))
+
+
+def test_warm_start_from_another_packages_saved_model_is_refused(tmp_path):
+    other = tmp_path / "other/1"
+    tf.saved_model.save(tf.Module(), str(other))
+    (other / "assets.extra").mkdir()
+    (other / "assets.extra/model_card.json").write_text(
+        json.dumps({"meta_iterations": 1, "config": {}})
+    )
+    with pytest.raises(ValueError, match="not written by this package's exporter"):
+        _run(SINE, tmp_path, "run", warm_start_from=str(tmp_path / "other"))

@@ -263,6 +263,11 @@ def read_exported_state(path: str) -> ExportedState:
             f"exporter. Received: path={path!r}"
         )
     loaded = tf.saved_model.load(path)
+    if not all(hasattr(loaded, a) for a in ("weights", "adam_step", "adam_v")):
+        raise ValueError(
+            "The SavedModel has no weights, adam_step and adam_v variables; it was not written "
+            f"by this package's exporter. Received: path={path!r}"
+        )
     return ExportedState(
         path=path,
         card=card,

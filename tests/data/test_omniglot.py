@@ -1,6 +1,4 @@
 import io
-import os
-import pathlib
 import random
 import zipfile
 
@@ -9,16 +7,8 @@ import pytest
 from PIL import Image
 
 from keras_reptile.data.omniglot import load_omniglot, split_characters, to_28x28_bits
+from tests.conftest import OMNIGLOT_DIR, needs_omniglot
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-OMNIGLOT_DIR = pathlib.Path(
-    os.environ.get("KERAS_REPTILE_OMNIGLOT_DIR", REPO_ROOT.parent / "shared" / "data" / "omniglot")
-)
-needs_omniglot = pytest.mark.skipif(
-    not (OMNIGLOT_DIR / "images_background.zip").is_file()
-    or not (OMNIGLOT_DIR / "images_evaluation.zip").is_file(),
-    reason=f"Real Omniglot zips not found in {OMNIGLOT_DIR}; set KERAS_REPTILE_OMNIGLOT_DIR.",
-)
 # Small alphabets (14 and 20 characters), one from each official set.
 SUBSET = {"images_background": "Blackfoot_(Canadian_Aboriginal_Syllabics)",
           "images_evaluation": "Angelic"}  # fmt: skip

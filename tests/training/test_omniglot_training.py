@@ -4,12 +4,7 @@ import pytest
 
 from keras_reptile.presets import get_preset
 from keras_reptile.run import run
-from tests.conftest import OMNIGLOT_DIR
-
-needs_omniglot = pytest.mark.skipif(
-    not (OMNIGLOT_DIR / "images_background.zip").is_file(),
-    reason=f"Omniglot zips not found in {OMNIGLOT_DIR}; set KERAS_REPTILE_OMNIGLOT_DIR.",
-)
+from tests.conftest import OMNIGLOT_DIR, needs_omniglot
 
 
 @needs_omniglot

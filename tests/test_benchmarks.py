@@ -1,0 +1,45 @@
+"""The benchmark scripts run and print the JSON the README quotes (tiny settings, no timing)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import OMNIGLOT_DIR, REPO_ROOT, needs_omniglot
+from tests.test_absl_main import ENV
+
+
+def last_json(*args) -> dict:
+    result = subprocess.run(
+        [sys.executable, *args], cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@needs_omniglot
+def test_meta_step_prints_the_trainer_the_reference_and_the_floor():
+    out = last_json(
+        "benchmarks/meta_step.py",
+        "--preset=omniglot_5w5s",
+        f"--data_dir={OMNIGLOT_DIR}",
+        "--iterations=10",
+        "--reference_iterations=1",
+    )
+    for key in ("ms_per_meta_iteration", "reference_eager_ms", "flop_floor_ms"):
+        assert out[key] > 0, (key, out)
+    assert out["gflop_per_meta_iteration"] == pytest.approx(3.99, abs=0.01)
+    assert out["estimated_training_minutes"] == pytest.approx(
+        out["ms_per_meta_iteration"] * 100_000 / 60e3, rel=0.01
+    )
+
+
+@pytest.mark.slow
+def test_serving_load_prints_latencies_and_no_errors():
+    out = last_json("benchmarks/serving_load.py", "--clients=2", "--requests=1", "--inner_steps=2")
+    assert out["errors"] == 0
+    for key in ("5w1s_1_clients", "5w1s_2_clients", "5w5s_1_clients", "5w5s_2_clients"):
+        assert out[key]["p50_ms"] > 0 and out[key]["p99_ms"] >= out[key]["p50_ms"], out[key]
+        assert out[key]["throughput_rps"] > 0
