@@ -94,6 +94,8 @@ def test_warm_start_from_another_run_is_refused(tmp_path, config, match):
     _run(SINE.replace(meta_iters=2), tmp_path, "source")
     with pytest.raises(ValueError, match=match):
         _run(config, tmp_path, "run", warm_start_from=str(tmp_path / "source_export"))
+    # The refused attempt left nothing behind that would stop the right run in the same folder.
+    _run(SINE, tmp_path, "run", mode="export", warm_start_from=str(tmp_path / "source_export"))
 
 
 def test_warm_start_from_a_folder_without_an_export_is_refused(tmp_path):

@@ -210,8 +210,8 @@ class MetaTrainer:
         evaluating, re-exporting or training on from it is the same as from the run's checkpoint.
         A model_dir that already has a checkpoint keeps it and the export is not read into it.
         """
-        step = self.restore()
-        if step:
+        if tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints")):
+            step = self.restore()
             print(
                 f"{self.model_dir} already holds a checkpoint at step {step}: continuing from "
                 f"it, not from {source.path}.",
@@ -231,6 +231,7 @@ class MetaTrainer:
                 f"{source.path} holds weights of other shapes than this run's model {shapes}. "
                 f"Received: shapes={[tuple(w.shape) for w in source.weights]}"
             )
+        self.restore()  # nothing to restore; writes config.json only now that the source fits
         for var, value in zip(self.state.weights, source.weights):
             var.assign(value)
         for var, value in zip(self.state.adam_v, source.adam_v):
