@@ -33,6 +33,11 @@ TINY = Config(
     # Mirrored gives each replica half the tasks; one group keeps the kernels the same shape as on
     # one device (test_task_groups_... covers the groups).
     task_groups=1,
+    # With seed 0 these fake tasks are ill-conditioned on some CPUs: on an AMD EPYC the plain
+    # and stacked paths differ by 5e-6 after one meta-iteration and 5e-3 after four (likely an
+    # activation within rounding of a ReLU kink, then BatchNorm on batches of 4), while seeds 1-4
+    # agree to 1e-7 after four. Equal-but-rounded-differently paths need a well-conditioned start.
+    seed=1,
 )
 
 
