@@ -160,12 +160,16 @@ class ServingModule(tf.Module):
         return {sig.SERVING_DEFAULT: serving_default, sig.ADAPT_AND_PREDICT: adapt_and_predict}
 
 
+def _versions(base_dir: str) -> list[int]:
+    """The integer version folders in `base_dir` (none if it is not a folder)."""
+    if not os.path.isdir(base_dir):
+        return []
+    return [int(n) for n in os.listdir(base_dir) if n.isdigit()]
+
+
 def next_version(base_dir: str) -> int:
     """One more than the largest integer version folder in `base_dir` (1 if none)."""
-    if not os.path.isdir(base_dir):
-        return 1
-    versions = [int(n) for n in os.listdir(base_dir) if n.isdigit()]
-    return max(versions, default=0) + 1
+    return max(_versions(base_dir), default=0) + 1
 
 
 def _warmup_records(module: ServingModule, model_name: str) -> list[bytes]:
@@ -245,10 +249,9 @@ def read_exported_state(path: str) -> ExportedState:
 
     A base folder (`saved_models/<name>`) means its largest integer version.
     """
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
-        versions = [int(n) for n in os.listdir(path) if n.isdigit()]
-        if versions:
-            path = os.path.join(path, str(max(versions)))
+    versions = _versions(path)
+    if versions and not os.path.exists(os.path.join(path, "saved_model.pb")):
+        path = os.path.join(path, str(max(versions)))
     card_path = os.path.join(path, "assets.extra", sig.CARD_FILE)
     if not (os.path.exists(os.path.join(path, "saved_model.pb")) and os.path.exists(card_path)):
         raise ValueError(

@@ -193,11 +193,14 @@ class MetaTrainer:
             return os.path.join(self.model_dir, f"scratch_{resolver.task_type}_{resolver.task_id}")
         return os.path.join(self.model_dir, "checkpoints")
 
+    def _latest_checkpoint(self) -> str | None:
+        # Every worker restores the chief's checkpoint, whichever folder it saves to.
+        return tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
+
     def restore(self) -> int:
         """Restores the latest checkpoint if any; returns the step to continue from."""
         self._check_config()
-        # Every worker restores the chief's checkpoint, whichever folder it saves to.
-        latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
+        latest = self._latest_checkpoint()
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             log.info("Restored %s (step %d).", latest, int(self.state.step.numpy()))
@@ -210,7 +213,7 @@ class MetaTrainer:
         evaluating, re-exporting or training on from it is the same as from the run's checkpoint.
         A model_dir that already has a checkpoint keeps it and the export is not read into it.
         """
-        if tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints")):
+        if self._latest_checkpoint():
             step = self.restore()
             print(
                 f"{self.model_dir} already holds a checkpoint at step {step}: continuing from "
@@ -226,10 +229,11 @@ class MetaTrainer:
                     f"start from it. Received: {key}={getattr(self.config, key)!r}"
                 )
         shapes = [tuple(w.shape) for w in self.state.weights]
-        if [tuple(w.shape) for w in source.weights] != shapes:
+        received = [tuple(w.shape) for w in source.weights]
+        if received != shapes:
             raise ValueError(
                 f"{source.path} holds weights of other shapes than this run's model {shapes}. "
-                f"Received: shapes={[tuple(w.shape) for w in source.weights]}"
+                f"Received: shapes={received}"
             )
         self.restore()  # nothing to restore; writes config.json only now that the source fits
         for var, value in zip(self.state.weights, source.weights):
