@@ -2,6 +2,7 @@
 
 With no flags: the `sine` preset, end to end (train, evaluate, plot, export to saved_models/sine/).
 Example: python absl_main.py --preset=omniglot_5w1s --data_dir=../shared/data/omniglot
+then:    python absl_main.py --preset=omniglot_5w5s  (the same run, measured with 5 shots)
 """
 
 import dataclasses
@@ -12,23 +13,31 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 
 from absl import app, flags, logging  # noqa: E402
 
-from keras_reptile.config import STRATEGIES, Config  # noqa: E402
+from keras_reptile.config import PROTOCOL_FIELDS, STRATEGIES, Protocol, Recipe  # noqa: E402
 from keras_reptile.data.sources import DATA_SOURCES  # noqa: E402
 from keras_reptile.presets import PRESETS, get_preset  # noqa: E402
 from keras_reptile.run import MODES  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("preset", "sine", sorted(PRESETS), "The paper's run to start from.")
+flags.DEFINE_enum(
+    "preset",
+    None,
+    sorted(PRESETS),
+    "The paper's run to start from. Default: the run already in --model_dir, else sine.",
+)
 flags.DEFINE_enum(
     "mode", "all", MODES, "train | evaluate | export | all (train, evaluate, export)."
 )
-flags.DEFINE_string("model_dir", None, "Checkpoints and summaries. Default: runs/<preset>.")
+flags.DEFINE_string("model_dir", None, "The run folder. Default: runs/<model name>.")
 flags.DEFINE_alias("checkpoint", "model_dir")
-flags.DEFINE_string("export_dir", None, "SavedModel base folder. Default: saved_models/<preset>.")
+flags.DEFINE_string(
+    "export_dir", None, "SavedModel base folder. Default: saved_models/<model name>."
+)
 flags.DEFINE_string(
     "data_dir",
     os.environ.get("KERAS_REPTILE_DATA_DIR"),
-    "Dataset folder (Omniglot: the two official zips). Env: KERAS_REPTILE_DATA_DIR.",
+    "Dataset folder (Omniglot: the two official zips). Env: KERAS_REPTILE_DATA_DIR. "
+    "Default for an existing run: where it read its data.",
 )
 flags.DEFINE_enum("data_source", "local", DATA_SOURCES, "local files or tensorflow-datasets.")
 flags.DEFINE_string("tfds_manual_dir", None, "tensorflow-datasets manual_dir (--data_source=tfds).")
@@ -53,20 +62,44 @@ flags.DEFINE_string(
     "initialization, carried Adam statistics and meta-iteration count. Then train on, evaluate "
     "with this preset's protocol or re-export.",
 )
-flags.DEFINE_string("name", None, "Model name in the export's card. Default: the preset.")
+flags.DEFINE_string("name", None, "The model's name (card, default folders). Default: preset's.")
 
-# Every Config field is a flag that overrides the preset (names follow the official code's).
+# Every Recipe and Protocol field is a flag that overrides the preset (the official code's names;
+# --learning_rate sets the inner step size of training and evaluation alike).
 _FIELD_FLAGS = {
     int: flags.DEFINE_integer,
     float: flags.DEFINE_float,
     bool: flags.DEFINE_bool,
     str: flags.DEFINE_string,
 }
-_OVERRIDABLE = [
-    f for f in dataclasses.fields(Config) if f.name not in ("strategy", "dataset", "model")
-]
-for _field in _OVERRIDABLE:
-    _FIELD_FLAGS[type(_field.default)](_field.name, None, f"Overrides the preset's {_field.name}.")
+_FIELDS = {f.name: f for cls in (Recipe, Protocol) for f in dataclasses.fields(cls)}
+_OVERRIDABLE = [name for name in _FIELDS if name not in ("strategy", "dataset", "model")]
+for _name in _OVERRIDABLE:
+    _FIELD_FLAGS[type(_FIELDS[_name].default)](_name, None, f"Overrides the preset's {_name}.")
+
+
+def resolve() -> tuple[Recipe, Protocol, str, str]:
+    """The recipe, protocol, model name and run folder the flags describe."""
+    from keras_reptile.run import read_run
+
+    stored = read_run(FLAGS.model_dir) if FLAGS.model_dir and not FLAGS.preset else None
+    if stored:
+        recipe, info = stored
+        protocol, name = info.protocol, info.name
+    else:
+        preset = get_preset(FLAGS.preset or "sine")
+        recipe, protocol, name = preset.recipe, preset.protocol, preset.model_name
+    name = FLAGS.name or name
+    given = {n: FLAGS[n].value for n in _OVERRIDABLE if FLAGS[n].present}
+    if FLAGS.strategy:
+        given["strategy"] = FLAGS.strategy
+    if given.get("train_shots") == 0:  # the official code's meaning: as many as --shots
+        given["train_shots"] = given.get("shots", protocol.shots)
+    recipe = recipe.replace(
+        **{k: v for k, v in given.items() if k not in PROTOCOL_FIELDS or k == "learning_rate"}
+    )
+    protocol = protocol.replace(**{k: v for k, v in given.items() if k in PROTOCOL_FIELDS})
+    return recipe, protocol, name, FLAGS.model_dir or os.path.join("runs", name)
 
 
 def main(argv):
@@ -80,22 +113,20 @@ def main(argv):
     set_threads(FLAGS.intra_op_threads, FLAGS.inter_op_threads)
     if FLAGS.cpu_devices:
         use_cpu_devices(FLAGS.cpu_devices)
-    overrides = {f.name: FLAGS[f.name].value for f in _OVERRIDABLE if FLAGS[f.name].present}
-    if FLAGS.strategy:
-        overrides["strategy"] = FLAGS.strategy
     from keras_reptile.run import run
 
     try:
-        config = get_preset(FLAGS.preset).replace(**overrides).validate()
+        recipe, protocol, name, model_dir = resolve()
         run(
-            config,
+            recipe.validate(),
+            protocol.validate(recipe),
+            name=name,
             mode=FLAGS.mode,
-            model_dir=FLAGS.model_dir or os.path.join("runs", FLAGS.preset),
-            export_dir=FLAGS.export_dir or os.path.join("saved_models", FLAGS.preset),
+            model_dir=model_dir,
+            export_dir=FLAGS.export_dir or os.path.join("saved_models", name),
             data_dir=FLAGS.data_dir,
             data_source=FLAGS.data_source,
             tfds_manual_dir=FLAGS.tfds_manual_dir,
-            name=FLAGS.name or FLAGS.preset,
             warm_start_from=FLAGS.warm_start_from,
         )
     except ValueError as error:

@@ -27,9 +27,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_reptile.data.sources import load_tasks  # noqa: E402
-from keras_reptile.data.tasks import task_seed  # noqa: E402
+from keras_reptile.data.streams import task_seeds  # noqa: E402
 from keras_reptile.presets import get_preset  # noqa: E402
-from keras_reptile.run import build_functional_model  # noqa: E402
+from keras_reptile.run import build_stacked_model  # noqa: E402
 from keras_reptile.training.strategy import make_strategy, set_threads  # noqa: E402
 from keras_reptile.training.trainer import MetaTrainer  # noqa: E402
 
@@ -60,9 +60,8 @@ def peak_matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def eager_reference_ms(config, tasks, fmodel, iterations: int) -> float:
+def eager_reference_ms(config, tasks, model: keras.Model, iterations: int) -> float:
     """The same Reptile meta-iteration, written plainly in eager Keras."""
-    model = fmodel.model
     theta = [v.numpy() for v in model.trainable_variables]
     v_state = [np.zeros_like(w) for w in theta]
     adam_step = 0
@@ -75,7 +74,7 @@ def eager_reference_ms(config, tasks, fmodel, iterations: int) -> float:
                 var.assign(w)
             v = [tf.constant(x) for x in v_state]
             task = tasks.sample(
-                task_seed(99, it * config.meta_batch + j), config.classes, config.task_shots
+                task_seeds(99, [it * config.meta_batch + j])[0], config.classes, config.train_shots
             )
             order = np.random.default_rng(it * 31 + j).permutation(task.support_x.shape[0])
             for k in range(config.inner_iters):
@@ -114,14 +113,14 @@ def main() -> None:
     parser.add_argument("--inter_op_threads", type=int, default=0, help="as absl_main.py's")
     parser.add_argument("--baselines_only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    config = get_preset(args.preset).replace(eval_interval=0)
+    config = get_preset(args.preset).recipe.replace(eval_interval=0)
     if args.task_groups:
         config = config.replace(task_groups=args.task_groups)
     if args.baselines_only:
         # TensorFlow's default thread pools: the reference and the peak at their own best.
-        train_tasks, _ = load_tasks(config, args.data_dir)
-        fmodel = build_functional_model(config, train_tasks.input_shape)
-        reference = eager_reference_ms(config, train_tasks, fmodel, args.reference_iterations)
+        train_tasks, _ = load_tasks(config, None, args.data_dir)
+        model = build_stacked_model(config, train_tasks.input_shape).model
+        reference = eager_reference_ms(config, train_tasks, model, args.reference_iterations)
         print(json.dumps({"reference": reference, "peak": peak_matmul_gflops()}))
         return
     baselines = subprocess.run(
@@ -132,11 +131,13 @@ def main() -> None:
     )
     baselines = json.loads(baselines.stdout.strip().splitlines()[-1])
     set_threads(args.intra_op_threads, args.inter_op_threads)
-    train_tasks, _ = load_tasks(config, args.data_dir)
-    fmodel = build_functional_model(config, train_tasks.input_shape)
+    train_tasks, _ = load_tasks(config, None, args.data_dir)
+    model = build_stacked_model(config, train_tasks.input_shape)
 
     with tempfile.TemporaryDirectory() as model_dir:
-        trainer = MetaTrainer(config, fmodel, train_tasks, make_strategy("default"), model_dir)
+        trainer = MetaTrainer(
+            config, model, make_strategy("default"), model_dir, train_tasks=train_tasks
+        )
         loop = tf.function(trainer._train_loop)
         loop(tf.constant(10))[0].numpy()  # trace and warm up
         chunk = 10
@@ -148,7 +149,7 @@ def main() -> None:
     ms = 1000 * statistics.median(times)
     reference = baselines["reference"]
     images = config.meta_batch * config.inner_iters * config.inner_batch
-    gflop = 3 * forward_flops(fmodel.model) * images / 1e9  # forward + backward ~ 3 x forward
+    gflop = 3 * forward_flops(model.model) * images / 1e9  # forward + backward ~ 3 x forward
     peak = baselines["peak"]
     floor = 1000 * gflop / peak
     result = {

@@ -1,7 +1,7 @@
 """adapt_and_predict under load: latency (p50, p99) and throughput of concurrent gRPC clients.
 
     python benchmarks/serving_load.py                        # a fresh untrained omniglot_5w5s model
-    python benchmarks/serving_load.py --export_dir=saved_models/omniglot_5w5s --clients=8
+    python benchmarks/serving_load.py --export_dir=saved_models/omniglot_5w --clients=8
 
 Starts the real server (`python -m serving.server`) on free loopback ports, then for 5-way 1-shot
 and 5-way 5-shot tasks (one query per class, 50 inner steps, the default non-transductive answer)
@@ -33,30 +33,22 @@ PRESET = "omniglot_5w5s"
 
 
 def export_untrained(base_dir: str) -> str:
-    """An untrained omniglot_5w5s-shaped export (the preset's evaluation settings)."""
+    """An untrained omniglot_5w-shaped export (the 5-shot preset's evaluation settings)."""
     from keras_reptile.algorithms import InnerOptimizer
+    from keras_reptile.export.model_card import ModelCard
     from keras_reptile.export.saved_model import ServingModule, export_saved_model
     from keras_reptile.presets import get_preset
-    from keras_reptile.run import build_functional_model
+    from keras_reptile.run import build_stacked_model
 
-    config = get_preset(PRESET)
-    fmodel = build_functional_model(config, (28, 28, 1))
-    weights = [w.numpy() for w in fmodel.initial_weights()]
-    optimizer = InnerOptimizer("adam")
+    preset = get_preset(PRESET)
+    model = build_stacked_model(preset.recipe, (28, 28, 1))
+    weights = [w.numpy() for w in model.initial_weights()]
+    zeros = [np.zeros_like(w) for w in weights]
     module = ServingModule(
-        fmodel,
-        weights,
-        optimizer,
-        0.0,
-        [np.zeros_like(w) for w in weights],
-        ways=config.classes,
-        inner_steps=config.eval_iters,
-        learning_rate=config.learning_rate,
-        batch_size=config.eval_batch,
+        model, weights, InnerOptimizer("adam"), 0.0, zeros, protocol=preset.protocol, ways=5
     )
-    card = {"preset": PRESET, "ways": config.classes, "input_shape": [28, 28, 1]}
-    export_saved_model(module, os.path.join(base_dir, PRESET), card, PRESET)
-    return os.path.join(base_dir, PRESET)
+    card = ModelCard(preset.model_name, preset.recipe, preset.protocol, (28, 28, 1), 0)
+    return os.path.dirname(export_saved_model(module, os.path.join(base_dir, PRESET), card))
 
 
 def make_request(model: str, ways: int, shots: int, steps: int, seed: int):

@@ -18,9 +18,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from keras_reptile.data.sources import load_tasks  # noqa: E402
-from keras_reptile.data.tasks import task_seed  # noqa: E402
+from keras_reptile.data.streams import task_seeds  # noqa: E402
 from keras_reptile.presets import get_preset  # noqa: E402
-from keras_reptile.run import build_functional_model  # noqa: E402
+from keras_reptile.run import build_stacked_model  # noqa: E402
 from keras_reptile.training.strategy import make_strategy  # noqa: E402
 from keras_reptile.training.trainer import MetaTrainer  # noqa: E402
 
@@ -31,16 +31,16 @@ def main() -> None:
     parser.add_argument("--data_dir", default=os.environ.get("KERAS_REPTILE_DATA_DIR"))
     parser.add_argument("--iterations", type=int, default=50, help="timed meta-iterations")
     args = parser.parse_args()
-    config = get_preset(args.preset)
-    train_tasks, _ = load_tasks(config, args.data_dir)
-    shots, ways, batch = config.task_shots, config.classes, config.meta_batch
+    recipe = get_preset(args.preset).recipe.replace(eval_interval=0)
+    train_tasks, _ = load_tasks(recipe, None, args.data_dir)
+    shots, ways, batch = recipe.train_shots, recipe.classes, recipe.meta_batch
 
     @tf.function
     def sample(step):
         # What one meta-iteration samples: meta_batch tasks, each from its own stateless seed.
         total = tf.constant(0.0)
         for j in range(batch):
-            task = train_tasks.sample(task_seed(0, step * batch + j), ways, shots)
+            task = train_tasks.sample(task_seeds(0, [step * batch + j])[0], ways, shots)
             total += tf.reduce_sum(task.support_x)
         return total
 
@@ -52,9 +52,10 @@ def main() -> None:
     sampled = n * batch / (time.perf_counter() - start)
 
     with tempfile.TemporaryDirectory() as model_dir:
-        fmodel = build_functional_model(config, train_tasks.input_shape)
-        config = config.replace(eval_interval=0)
-        trainer = MetaTrainer(config, fmodel, train_tasks, make_strategy("default"), model_dir)
+        model = build_stacked_model(recipe, train_tasks.input_shape)
+        trainer = MetaTrainer(
+            recipe, model, make_strategy("default"), model_dir, train_tasks=train_tasks
+        )
         loop = tf.function(trainer._train_loop)
         loop(tf.constant(5))  # trace and warm up
         start = time.perf_counter()

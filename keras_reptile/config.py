@@ -1,55 +1,67 @@
-"""The hyperparameters of one run, as a frozen dataclass that presets fill and flags override."""
+"""A run's two values: the training recipe (what is learned) and the evaluation protocol (how it is
+measured). One recipe trains one initialization; several protocols may measure it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 DATASETS = ("omniglot", "miniimagenet", "sine")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored")
 
 
+def _check_at_least(obj, names, low: int) -> None:
+    for name in names:
+        if getattr(obj, name) < low:
+            raise ValueError(f"`{name}` must be >= {low}. Received: {name}={getattr(obj, name)!r}")
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    """`cls(**data)` that names unknown or missing keys instead of a TypeError."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"Unknown {cls.__name__} fields {unknown}. Received: keys={sorted(data)}")
+    return cls(**data)
+
+
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Everything that defines a meta-training run; names follow the official Reptile code's flags.
+class Recipe:
+    """Everything that decides the meta-learned initialization; names follow the official code.
 
     Args:
         dataset: str. One of `DATASETS`.
         model: str. A name in the model registry (`keras_reptile.models.MODELS`).
         classes: int. Ways per task (1 for regression).
-        shots: int. Support examples per class at evaluation.
-        train_shots: int. Examples per class in a meta-training task (0 means `shots`).
-        inner_batch: int. Mini-batch size of the inner loop during meta-training.
+        train_shots: int. Examples per class in a meta-training task.
+        inner_batch: int. Mini-batch size of the inner loop.
         inner_iters: int. Inner-loop steps per meta-training task.
         learning_rate: float. Inner-loop step size.
         meta_step: float. Initial outer step size (epsilon).
         meta_step_final: float. Outer step size at the last meta-iteration (linear anneal).
         meta_batch: int. Tasks per meta-iteration.
         meta_iters: int. Number of meta-iterations.
-        eval_batch: int. Inner mini-batch size at evaluation.
-        eval_iters: int. Inner-loop steps at evaluation.
-        eval_samples: int. Tasks in the final evaluation (the paper uses 10,000).
-        eval_interval: int. Meta-iterations between periodic evaluations (0 = never).
-        eval_interval_samples: int. Tasks per periodic evaluation.
-        eval_queries: int. Query points per regression task (classification holds out 1 per class).
-        eval_train_classes: bool. The final evaluation also scores meta-training classes.
-        transductive: bool. Predict all queries in one batch (BatchNorm sees them together).
         foml: bool. First-order MAML instead of Reptile.
         foml_tail: int. FOMAML's last step uses a separate set of this many shots per class
             (0 = off).
         sgd: bool. Plain SGD in the inner loop instead of Adam with beta1=0.
         adam_beta2: float. Inner Adam's second-moment decay.
         adam_epsilon: float. Inner Adam's epsilon (TF1 placement: outside the square root).
-        seed: int. Seeds the class split and every sampled task.
+        seed: int. Seeds the class split, the initial weights and every sampled task.
         checkpoint_interval: int. Meta-iterations between checkpoints.
+        eval_interval: int. Meta-iterations between periodic evaluations (0 = never).
+        eval_interval_samples: int. Tasks per periodic evaluation.
         strategy: str. One of `STRATEGIES`.
-        task_groups: int. The fast path trains each replica's tasks as this many stacked
-            networks, which run concurrently on the inter-op thread pool.
+        task_groups: int. Each replica's tasks train as this many stacked networks, run
+            concurrently on the inter-op thread pool.
+
+    The last five fields say how the run is carried out, not what it learns.
     """
 
     dataset: str = "sine"
     model: str = "sine_mlp"
     classes: int = 1
-    shots: int = 10
     train_shots: int = 50
     inner_batch: int = 10
     inner_iters: int = 5
@@ -58,14 +70,6 @@ class Config:
     meta_step_final: float = 0.0
     meta_batch: int = 5
     meta_iters: int = 30000
-    eval_batch: int = 10
-    eval_iters: int = 32
-    eval_samples: int = 1000
-    eval_interval: int = 1000
-    eval_interval_samples: int = 100
-    eval_queries: int = 100
-    eval_train_classes: bool = True
-    transductive: bool = False
     foml: bool = False
     foml_tail: int = 0
     sgd: bool = True
@@ -73,6 +77,8 @@ class Config:
     adam_epsilon: float = 1e-8
     seed: int = 0
     checkpoint_interval: int = 1000
+    eval_interval: int = 1000
+    eval_interval_samples: int = 100
     strategy: str = "default"
     task_groups: int = 2
 
@@ -81,42 +87,40 @@ class Config:
         return self.dataset == "sine"
 
     @property
-    def task_shots(self) -> int:
-        """Examples per class sampled for one meta-training task."""
-        return self.train_shots or self.shots
+    def inner_optimizer(self) -> str:
+        return "sgd" if self.sgd else "adam"
 
-    def replace(self, **changes) -> Config:
+    @property
+    def algorithm(self) -> str:
+        return "fomaml" if self.foml else "reptile"
+
+    def replace(self, **changes) -> Recipe:
         return dataclasses.replace(self, **changes)
 
-    def validate(self) -> Config:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        return _from_dict(cls, data)
+
+    def validate(self) -> Recipe:
         """Raises `ValueError` naming the first invalid value or impossible combination."""
-        positive = (
-            "classes",
-            "shots",
-            "inner_batch",
-            "inner_iters",
-            "meta_batch",
-            "meta_iters",
-            "eval_batch",
-            "eval_samples",
-            "eval_queries",
-            "checkpoint_interval",
-            "task_groups",
+        _check_at_least(
+            self,
+            (
+                "classes",
+                "train_shots",
+                "inner_batch",
+                "inner_iters",
+                "meta_batch",
+                "meta_iters",
+                "checkpoint_interval",
+                "task_groups",
+            ),
+            1,
         )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"`{name}` must be at least 1. Received: {name}={getattr(self, name)}"
-                )
-        for name in (
-            "train_shots",
-            "eval_iters",
-            "eval_interval",
-            "eval_interval_samples",
-            "foml_tail",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be >= 0. Received: {name}={getattr(self, name)}")
+        _check_at_least(self, ("eval_interval", "eval_interval_samples", "foml_tail"), 0)
         if self.learning_rate <= 0:
             raise ValueError(
                 f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate}"
@@ -134,16 +138,79 @@ class Config:
                 "`foml_tail` only applies to FOMAML; pass --foml too. "
                 f"Received: foml_tail={self.foml_tail}, foml={self.foml}"
             )
-        if self.foml_tail and self.foml_tail >= self.task_shots:
+        if self.foml_tail and self.foml_tail >= self.train_shots:
             raise ValueError(
                 "`foml_tail` must leave shots for the earlier inner steps "
                 "(foml_tail < train_shots). "
-                f"Received: foml_tail={self.foml_tail}, train_shots={self.task_shots}"
+                f"Received: foml_tail={self.foml_tail}, train_shots={self.train_shots}"
             )
         if self.is_regression and self.classes != 1:
             raise ValueError(f"Regression tasks have one output. Received: classes={self.classes}")
-        if self.is_regression and self.transductive:
+        return self
+
+
+# Fields of a Recipe that a resumed or warm-started run must share with the run it continues:
+# they decide the network, its classes, the tasks drawn and the carried optimizer state.
+IDENTITY_FIELDS = ("dataset", "model", "classes", "seed", "sgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How an initialization is measured: the paper's evaluation settings.
+
+    Per task: `shots` examples per class to adapt on, `eval_iters` inner steps on mini-batches of
+    `eval_batch` at `learning_rate`, then one held-out query per class (classification) or
+    `eval_queries` query points (regression).
+
+    Args:
+        shots: int. Support examples per class.
+        eval_iters: int. Inner steps.
+        eval_batch: int. Inner mini-batch size.
+        learning_rate: float. Inner step size.
+        transductive: bool. The headline answer predicts all queries in one batch (BatchNorm
+            sees them together); both answers are always measured.
+        eval_samples: int. Tasks scored (the paper: 10,000).
+        eval_queries: int. Query points per regression task.
+        eval_train_classes: bool. Also score tasks of the meta-training classes.
+    """
+
+    shots: int = 10
+    eval_iters: int = 32
+    eval_batch: int = 10
+    learning_rate: float = 0.02
+    transductive: bool = False
+    eval_samples: int = 1000
+    eval_queries: int = 100
+    eval_train_classes: bool = True
+
+    def replace(self, **changes) -> Protocol:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Protocol:
+        return _from_dict(cls, data)
+
+    @property
+    def adaptation(self) -> tuple:
+        """What decides an adapted network for a given support set."""
+        return (self.eval_iters, self.eval_batch, self.learning_rate)
+
+    def validate(self, recipe: Recipe | None = None) -> Protocol:
+        _check_at_least(self, ("shots", "eval_batch", "eval_samples", "eval_queries"), 1)
+        _check_at_least(self, ("eval_iters",), 0)
+        if self.learning_rate <= 0:
+            raise ValueError(
+                f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate}"
+            )
+        if recipe is not None and recipe.is_regression and self.transductive:
             raise ValueError(
                 "`transductive` applies to classification only. Received: transductive=True"
             )
         return self
+
+
+PROTOCOL_FIELDS = tuple(f.name for f in dataclasses.fields(Protocol))
+RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))

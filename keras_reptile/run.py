@@ -1,41 +1,85 @@
-"""One library call per run: meta-train, evaluate with the paper's protocol, export."""
+"""One library call per run: meta-train, evaluate with a protocol, export.
+
+A run folder (`model_dir`) holds one training recipe's checkpoints and everything needed to go on
+without flags: `recipe.json`, `run.json` (the model's name, its default protocol, its input shape
+and where its data was read) and `eval_results.json` (every protocol measured, at which step).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from typing import Any
 
 import keras
 from tqdm import tqdm
 
-from keras_reptile.algorithms import FunctionalModel
-from keras_reptile.config import Config
+from keras_reptile.algorithms import StackedModel
+from keras_reptile.config import Protocol, Recipe
 from keras_reptile.data.sources import load_tasks
+from keras_reptile.data.streams import Stream, stream_key
+from keras_reptile.export.model_card import Measurement, ModelCard, WarmStart
 from keras_reptile.export.saved_model import (
     ServingModule,
     export_saved_model,
     read_exported_state,
 )
 from keras_reptile.models import build_model
-from keras_reptile.training.evaluator import (
-    STREAM_EVAL_TEST,
-    STREAM_EVAL_TRAIN,
-    STREAM_PLOT,
-    stream_seed,
-)
+from keras_reptile.training.evaluator import TRANSDUCTIVE, Evaluator
 from keras_reptile.training.strategy import make_strategy
-from keras_reptile.training.trainer import WARM_START_FILE, MetaTrainer
+from keras_reptile.training.trainer import WARM_START_FILE, MetaTrainer, read_recipe
 
 MODES = ("train", "evaluate", "export", "all")
+RUN_FILE = "run.json"
 RESULTS_FILE = "eval_results.json"
 
 
-def build_functional_model(config: Config, input_shape) -> FunctionalModel:
-    """The registered model with its deterministic initialization for `config.seed`."""
-    keras.utils.set_random_seed(config.seed)
-    return FunctionalModel(
-        build_model(config.model, config.classes, input_shape), config.is_regression
-    )
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What a run folder records besides its recipe (`run.json`).
+
+    Args:
+        name: str. The model's name (its SavedModel base folder).
+        protocol: Protocol. The default protocol: the signatures' defaults and `--mode=evaluate`'s.
+        input_shape: tuple. One example's shape, so exporting needs no data.
+        data_dir, data_source, tfds_manual_dir: where the data was read, so evaluating needs no
+            flags.
+    """
+
+    name: str
+    protocol: Protocol
+    input_shape: tuple[int, ...]
+    data_dir: str | None = None
+    data_source: str = "local"
+    tfds_manual_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "input_shape": list(self.input_shape)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunInfo:
+        data = dict(data)
+        data["protocol"] = Protocol.from_dict(data["protocol"])
+        data["input_shape"] = tuple(data["input_shape"])
+        return cls(**data)
+
+
+def read_run(model_dir: str) -> tuple[Recipe, RunInfo] | None:
+    """The recipe and `RunInfo` of the run in `model_dir`, or None if it holds no run."""
+    path = os.path.join(model_dir, RUN_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        info = RunInfo.from_dict(json.load(f))
+    return read_recipe(model_dir), info
+
+
+def build_stacked_model(recipe: Recipe, input_shape) -> StackedModel:
+    """The registered model with its deterministic initialization for `recipe.seed`."""
+    keras.utils.set_random_seed(recipe.seed)
+    model = build_model(recipe.model, recipe.classes, tuple(input_shape))
+    return StackedModel(model, recipe.is_regression)
 
 
 def _is_chief(strategy) -> bool:
@@ -48,192 +92,233 @@ def _is_chief(strategy) -> bool:
 
 
 def run(
-    config: Config,
+    recipe: Recipe,
+    protocol: Protocol,
     *,
-    mode: str = "all",
+    name: str,
     model_dir: str,
+    mode: str = "all",
     export_dir: str | None = None,
     data_dir: str | None = None,
     data_source: str = "local",
     tfds_manual_dir: str | None = None,
-    name: str = "model",
     warm_start_from: str | None = None,
-) -> dict:
-    """Runs `mode` (train | evaluate | export | all) and returns the evaluation results, if any.
+) -> list[Measurement]:
+    """Runs `mode` (train | evaluate | export | all); returns what this call measured.
 
     Args:
-        config: Config. Validated hyperparameters.
+        recipe: Recipe. The training recipe (checked against the run folder's, if any).
+        protocol: Protocol. The evaluation protocol to measure and the signatures' defaults.
+        name: str. The model's name in its card.
+        model_dir: str. The run folder.
         mode: str. What to do; `all` trains, evaluates and exports.
-        model_dir: str. Checkpoints, summaries, `eval_results.json`, plots.
-        export_dir: str. SavedModel base folder (`<export_dir>/<version>/`).
-        data_dir: str. Dataset folder (unused for sine).
-        data_source: str. "local" or "tfds".
-        tfds_manual_dir: str. tensorflow-datasets' manual_dir (the official zips), if any.
-        name: str. Model name (the preset) written into the model card.
+        export_dir: str. SavedModel base folder (`<export_dir>/<version>/`); default
+            `saved_models/<name>`.
+        data_dir, data_source, tfds_manual_dir: the dataset (unused for sine and for export).
         warm_start_from: str. A SavedModel of this package (a version or its base folder) whose
             initialization, Adam statistics and step an empty model_dir starts from.
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode. Expected one of {MODES}. Received: mode={mode!r}")
-    config.validate()
-    strategy = make_strategy(config.strategy)
-    train_tasks, test_tasks = load_tasks(config, data_dir, data_source, tfds_manual_dir)
-    fmodel = build_functional_model(config, train_tasks.input_shape)
-    eval_tasks = (
-        {"test": test_tasks} if config.is_regression else {"train": train_tasks, "test": test_tasks}
+    recipe.validate()
+    protocol.validate(recipe)
+    strategy = make_strategy(recipe.strategy)
+    stored = read_run(model_dir)
+    needs_data = mode != "export" or stored is None
+    train_tasks = test_tasks = None
+    if needs_data:
+        if stored and data_dir is None and data_source == stored[1].data_source:
+            data_dir, tfds_manual_dir = stored[1].data_dir, stored[1].tfds_manual_dir
+        train_tasks, test_tasks = load_tasks(
+            recipe, protocol, data_dir, data_source, tfds_manual_dir
+        )
+        input_shape = train_tasks.input_shape
+    else:
+        input_shape = stored[1].input_shape
+    model = build_stacked_model(recipe, input_shape)
+    splits = (
+        {"test": test_tasks} if recipe.is_regression else {"train": train_tasks, "test": test_tasks}
     )
-    trainer = MetaTrainer(config, fmodel, train_tasks, strategy, model_dir, eval_tasks=eval_tasks)
+    trainer = MetaTrainer(
+        recipe,
+        model,
+        strategy,
+        model_dir,
+        train_tasks=train_tasks,
+        periodic_eval=(_evaluator(recipe, protocol, model), splits) if needs_data else None,
+    )
     if warm_start_from:
         trainer.warm_start(read_exported_state(warm_start_from))
+    step = trainer.restore()  # refuses a run folder of another recipe before anything is written
+    if _is_chief(strategy):
+        _write_run_info(model_dir, stored, name, protocol, input_shape, needs_data, data_dir,
+                        data_source, tfds_manual_dir)  # fmt: skip
     if mode in ("train", "all"):
         trainer.train()
-    else:
-        step = trainer.restore()
-        if step == 0:
-            raise ValueError(
-                f"No checkpoint to {mode} in the model directory; train first "
-                "(--mode=train or all). "
-                f"Received: model_dir={model_dir!r}"
-            )
-    if not _is_chief(strategy):
-        return {}
-    results = {}
-    if mode in ("evaluate", "all"):
-        results = evaluate(config, trainer, fmodel, eval_tasks, model_dir)
-    if mode in ("export", "all"):
-        path = export(
-            config,
-            trainer,
-            fmodel,
-            export_dir or os.path.join("saved_models", name),
-            name,
-            model_dir,
+    elif step == 0:
+        raise ValueError(
+            f"No checkpoint to {mode} in the model directory; train first (--mode=train or all). "
+            f"Received: model_dir={model_dir!r}"
         )
+    if not _is_chief(strategy):
+        return []
+    measured = []
+    if mode in ("evaluate", "all"):
+        measured = evaluate(recipe, protocol, trainer, splits, model_dir)
+    if mode in ("export", "all"):
+        path = export(name, protocol, trainer, export_dir or os.path.join("saved_models", name))
         print(f"Exported SavedModel: {path}", flush=True)
-    return results
+    return measured
+
+
+def _write_run_info(
+    model_dir, stored, name, protocol, input_shape, has_data, data_dir, data_source, manual_dir
+) -> None:
+    """Writes `run.json` for a new run; an existing one keeps its name and default protocol and
+    only learns where the data now is."""
+    if stored is None:
+        info = RunInfo(name, protocol, tuple(input_shape), data_dir, data_source, manual_dir)
+    elif has_data:
+        info = dataclasses.replace(
+            stored[1], data_dir=data_dir, data_source=data_source, tfds_manual_dir=manual_dir
+        )
+    else:
+        return
+    with open(os.path.join(model_dir, RUN_FILE), "w") as f:
+        json.dump(info.to_dict(), f, indent=2)
+
+
+def _evaluator(recipe: Recipe, protocol: Protocol, model: StackedModel) -> Evaluator:
+    from keras_reptile.training.trainer import inner_optimizer
+
+    return Evaluator(model, inner_optimizer(recipe), protocol, ways=recipe.classes)
 
 
 def evaluate(
-    config: Config, trainer: MetaTrainer, fmodel, eval_tasks: dict, model_dir: str
-) -> dict:
-    """The final evaluation: `eval_samples` tasks per split; sine also scores the random init."""
-    ev = trainer.evaluator
+    recipe: Recipe, protocol: Protocol, trainer: MetaTrainer, splits: dict, model_dir: str
+) -> list[Measurement]:
+    """Measures `protocol` on `eval_samples` tasks per split and records it in the run folder.
+
+    Sine also scores the same test tasks adapted from the untrained initialization.
+    """
+    evaluator = _evaluator(recipe, protocol, trainer.model)
     weights, state = trainer.state.read_weights(), trainer.state.optimizer_state()
+    step = int(trainer.state.step.numpy())
     runs = [
-        (split, tasks, weights, state)
-        for split, tasks in eval_tasks.items()
-        if split != "train" or config.eval_train_classes
+        (split, tasks, weights, state, split)
+        for split, tasks in splits.items()
+        if split != "train" or protocol.eval_train_classes
     ]
-    if config.is_regression:
+    initial = trainer.model.initial_weights()
+    if recipe.is_regression:
         runs.append(
             (
                 "test_from_random_init",
-                eval_tasks["test"],
-                fmodel.initial_weights(),
-                trainer.optimizer.init_state(weights),
+                splits["test"],
+                initial,
+                trainer.optimizer.init_state(initial),
+                "test",
             )
         )
-    results = {
-        "meta_iterations": int(trainer.state.step.numpy()),
-        "num_tasks": config.eval_samples,
-        "protocol": _protocol(config),
-    }
-    for split, tasks, w, s in runs:
-        stream = stream_seed(
-            config.seed, STREAM_EVAL_TRAIN if split == "train" else STREAM_EVAL_TEST
-        )
-        with tqdm(total=config.eval_samples, desc=f"evaluate {split}", unit="task") as bar:
-            scores = ev.evaluate(tasks, w, s, config.eval_samples, stream, progress=bar.update)
-        results[split] = {p: r.__dict__ for p, r in scores.items()}
-        for protocol, r in scores.items():
-            print(f"{split:>22} {protocol:>16}: {r}", flush=True)
-    if config.is_regression:
-        plot = os.path.join(model_dir, "sine_adaptation.png")
-        from keras_reptile.training.sine_plot import plot_sine_adaptation
-
-        plot_sine_adaptation(
-            fmodel,
-            trainer.optimizer,
-            {
-                "meta-learned initialization (Reptile)": (weights, state),
-                "random initialization": (
-                    fmodel.initial_weights(),
-                    trainer.optimizer.init_state(weights),
-                ),
-            },
-            eval_tasks["test"],
-            shots=config.shots,
-            steps=config.eval_iters,
-            lr=config.learning_rate,
-            batch_size=config.eval_batch,
-            seed=stream_seed(config.seed, STREAM_PLOT),
-            path=plot,
-        )
-        print(f"Plot: {plot}", flush=True)
-    with open(os.path.join(model_dir, RESULTS_FILE), "w") as f:
-        json.dump(results, f, indent=2)
-    return results
-
-
-def _protocol(config: Config) -> dict:
-    """The evaluation settings a measured result belongs to."""
-    keys = ("classes", "shots", "eval_iters", "eval_batch", "learning_rate", "sgd", "seed")
-    return {k: getattr(config, k) for k in keys}
-
-
-def export(
-    config: Config, trainer: MetaTrainer, fmodel, export_dir: str, name: str, model_dir: str
-) -> str:
-    """Exports the current initialization with its carried Adam statistics and a model card."""
-    results_path = os.path.join(model_dir, RESULTS_FILE)
-    measured = None
-    if os.path.exists(results_path):
-        with open(results_path) as f:
-            measured = json.load(f)
-        # Runs that train identically (omniglot_5w1s and 5w5s) may share a model_dir; a card
-        # only carries numbers measured with its own protocol on these very weights.
-        step = int(trainer.state.step.numpy())
-        if measured.get("protocol") != _protocol(config) or measured.get("meta_iterations") != step:
-            print(
-                f"Not putting {results_path} in the model card: it was measured with another "
-                "evaluation protocol or at another step. Evaluate first (--mode=evaluate).",
-                flush=True,
+    measured = []
+    for split, tasks, w, s, stream_part in runs:
+        key = stream_key(recipe.seed, Stream.EVALUATION, stream_part)
+        with tqdm(total=protocol.eval_samples, desc=f"evaluate {split}", unit="task") as bar:
+            scores = evaluator.evaluate(tasks, w, s, protocol.eval_samples, key, bar.update)
+        for answer, r in scores.items():
+            print(f"{split:>22} {answer:>16}: {r}", flush=True)
+            measured.append(
+                Measurement(
+                    split,
+                    protocol.replace(transductive=answer == TRANSDUCTIVE),
+                    r.metric,
+                    r.mean,
+                    r.ci95,
+                    r.num_tasks,
+                    step,
+                )
             )
-            measured = None
+    if recipe.is_regression:
+        _plot_sine(recipe, protocol, trainer, splits["test"], model_dir)
+    _record(model_dir, measured)
+    return measured
+
+
+def _plot_sine(recipe, protocol, trainer, tasks, model_dir) -> None:
+    from keras_reptile.training.sine_plot import plot_sine_adaptation
+
+    plot = os.path.join(model_dir, "sine_adaptation.png")
+    initial = trainer.model.initial_weights()
+    plot_sine_adaptation(
+        trainer.model,
+        trainer.optimizer,
+        {
+            "meta-learned initialization (Reptile)": (
+                trainer.state.read_weights(),
+                trainer.state.optimizer_state(),
+            ),
+            "random initialization": (initial, trainer.optimizer.init_state(initial)),
+        },
+        tasks,
+        protocol,
+        key=stream_key(recipe.seed, Stream.PLOT),
+        path=plot,
+    )
+    print(f"Plot: {plot}", flush=True)
+
+
+def recorded_results(model_dir: str) -> list[Measurement]:
+    """Every measurement recorded in the run folder."""
+    path = os.path.join(model_dir, RESULTS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [Measurement.from_dict(m) for m in json.load(f)]
+
+
+def _record(model_dir: str, measured: list[Measurement]) -> None:
+    """Adds `measured` to the run folder's results, replacing a same-protocol earlier entry."""
+
+    def key(m):
+        return (m.split, m.protocol, m.meta_iterations)
+
+    new = {key(m) for m in measured}
+    kept = [m for m in recorded_results(model_dir) if key(m) not in new]
+    path = os.path.join(model_dir, RESULTS_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump([m.to_dict() for m in kept + measured], f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def export(name: str, protocol: Protocol, trainer: MetaTrainer, export_dir: str) -> str:
+    """Exports the run's state (initialization, carried Adam statistics, step) with a model card
+    listing every protocol measured at this step."""
+    step = int(trainer.state.step.numpy())
+    results = [m for m in recorded_results(trainer.model_dir) if m.meta_iterations == step]
+    warm_start = None
+    path = os.path.join(trainer.model_dir, WARM_START_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            warm_start = WarmStart(**json.load(f))
+    card = ModelCard(
+        name=name,
+        recipe=trainer.recipe,
+        default_protocol=protocol,
+        input_shape=trainer.model.input_shape,
+        meta_iterations=step,
+        results=tuple(results),
+        warm_started_from=warm_start,
+    )
     module = ServingModule(
-        fmodel,
+        trainer.model,
         trainer.state.numpy_weights(),
         trainer.optimizer,
         trainer.state.adam_step.numpy(),
         [v.numpy() for v in trainer.state.adam_v],
-        ways=config.classes,
-        inner_steps=config.eval_iters,
-        learning_rate=config.learning_rate,
-        batch_size=config.eval_batch,
+        protocol=protocol,
+        ways=trainer.recipe.classes,
     )
-    card = {
-        "name": name,
-        "preset": name,
-        "algorithm": "fomaml" if config.foml else "reptile",
-        "ways": config.classes,
-        "shots": config.shots,
-        "input_shape": list(fmodel.input_shape),
-        "meta_iterations": int(trainer.state.step.numpy()),
-        "evaluation": {
-            "inner_steps": config.eval_iters,
-            "learning_rate": config.learning_rate,
-            "batch_size": config.eval_batch,
-            "optimizer": trainer.optimizer.kind,
-            "default_protocol": "non_transductive",
-        },
-        "measured": measured,
-        "config": config.__dict__,
-    }
-    warm_start = os.path.join(model_dir, WARM_START_FILE)
-    if os.path.exists(warm_start):
-        with open(warm_start) as f:
-            card["warm_started_from"] = json.load(f)
-    return export_saved_model(module, export_dir, card, name)
+    return export_saved_model(module, export_dir, card)
 
 
-__all__ = ["MODES", "run", "evaluate", "export"]
+__all__ = ["MODES", "RunInfo", "build_stacked_model", "evaluate", "export", "read_run", "run"]

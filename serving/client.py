@@ -1,13 +1,16 @@
 """Client library and CLI: send a few-shot task to the server (or to tensorflow_model_server).
 
-PNG images are prepared exactly as training images are: Omniglot-shaped models (28x28x1) get
-`keras_reptile.data.omniglot.to_28x28_bits` (0/1, 1 for the background), RGB models get the
-Mini-ImageNet reader's bilinear resize scaled to [0, 1]. `.npz` files hold arrays named after
-the signature's inputs. Every call carries a deadline.
+PNG images are prepared exactly as training images are, by
+`keras_reptile.data.preprocessing.load_image`: Omniglot-shaped models (28x28x1) get 0/1 bits (1
+for the background), RGB models the Mini-ImageNet reader's bilinear resize scaled to [0, 1].
+`.npz` files hold arrays named after the signature's inputs. Every call carries a deadline.
+`Client.model_card` (and `--show_card`) reads a version's model card, an extension of this server
+that tensorflow_model_server does not have.
 
 Example:
     python -m serving.client --target localhost:8500 --model omniglot_5w1s \
         --support task/support/*/*.png --query task/query/*.png
+    python -m serving.client --target localhost:8500 --model omniglot_5w1s --show_card
 Each support PNG's class is its folder's name; classes are numbered in sorted name order.
 """
 
@@ -25,8 +28,7 @@ from collections.abc import Mapping, Sequence
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf import json_format
-from PIL import Image
+from google.protobuf import json_format, wrappers_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -34,9 +36,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from keras_reptile.data.miniimagenet import _read_rgb
-from keras_reptile.data.omniglot import IMAGE_SIZE, to_28x28_bits
+from keras_reptile.data.preprocessing import load_image
 from keras_reptile.export import signatures as sig
+from keras_reptile.export.model_card import ModelCard
+from serving.service import MODEL_CARD, SIGNATURE_DEF
 
 DEFAULT_TIMEOUT = 30.0
 _PNG = (".png",)
@@ -54,6 +57,17 @@ def rest_model_url(
     return url
 
 
+def set_model_spec(
+    model_spec, model: str, version: int | None = None, label: str | None = None
+) -> None:
+    """Fills a `ModelSpec`: `version` wins over `label`; with neither, the latest version."""
+    model_spec.name = model
+    if version is not None:
+        model_spec.version.value = version
+    elif label is not None:
+        model_spec.version_label = label
+
+
 def predict_request(
     model: str,
     signature_name: str,
@@ -66,11 +80,8 @@ def predict_request(
     `version` wins over `label`; with neither, the server picks the latest version.
     """
     request = predict_pb2.PredictRequest()
-    request.model_spec.name, request.model_spec.signature_name = model, signature_name
-    if version is not None:
-        request.model_spec.version.value = version
-    elif label is not None:
-        request.model_spec.version_label = label
+    set_model_spec(request.model_spec, model, version, label)
+    request.model_spec.signature_name = signature_name
     for key, value in inputs.items():
         request.inputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
     return request
@@ -139,17 +150,11 @@ class Client:
             if self.rest:
                 meta = self._http(self._model_path(model, version, None) + "/metadata")
                 json_format.ParseDict(
-                    meta["metadata"]["signature_def"], signature_map, ignore_unknown_fields=True
+                    meta["metadata"][SIGNATURE_DEF], signature_map, ignore_unknown_fields=True
                 )
             else:
-                request = get_model_metadata_pb2.GetModelMetadataRequest(
-                    metadata_field=["signature_def"]
-                )
-                request.model_spec.name = model
-                if version is not None:
-                    request.model_spec.version.value = version
-                response = self._call(self._stub.GetModelMetadata, request)
-                response.metadata["signature_def"].Unpack(signature_map)
+                response = self._metadata(model, SIGNATURE_DEF, version, None)
+                response.metadata[SIGNATURE_DEF].Unpack(signature_map)
             if signature_name not in signature_map.signature_def:
                 raise ClientError(
                     "NOT_FOUND",
@@ -158,6 +163,28 @@ class Client:
                 )
             self._signatures[key] = signature_map.signature_def[signature_name]
         return self._signatures[key]
+
+    def _metadata(
+        self, model: str, field: str, version: int | None, label: str | None
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=[field])
+        set_model_spec(request.model_spec, model, version, label)
+        return self._call(self._stub.GetModelMetadata, request)
+
+    def model_card(
+        self, model: str, version: int | None = None, label: str | None = None
+    ) -> ModelCard:
+        """The model card of a version (the latest, a number, or a label).
+
+        Raises ClientError NOT_FOUND (HTTP 404) if the version has none, ValueError if the
+        server's card is not a model card this package reads.
+        """
+        if self.rest:
+            card = self._http(self._model_path(model, version, label) + "/" + MODEL_CARD)
+            return ModelCard.from_json(json.dumps(card))
+        text = wrappers_pb2.StringValue()
+        self._metadata(model, MODEL_CARD, version, label).metadata[MODEL_CARD].Unpack(text)
+        return ModelCard.from_json(text.value)
 
     def signature_inputs(
         self, model: str, signature_name: str = sig.ADAPT_AND_PREDICT, version: int | None = None
@@ -208,6 +235,7 @@ class Client:
         queries: np.ndarray,
         *,
         inner_steps: int | None = None,
+        inner_batch_size: int | None = None,
         learning_rate: float | None = None,
         transductive: bool | None = None,
         version: int | None = None,
@@ -226,13 +254,24 @@ class Client:
             targets = np.asarray(targets).reshape(-1, 1)
             inputs = {sig.SUPPORT_INPUTS: support, sig.SUPPORT_TARGETS: targets}
             inputs[sig.QUERY_INPUTS] = queries
-        options = {
-            sig.INNER_STEPS: inner_steps,
-            sig.LEARNING_RATE: learning_rate,
-            sig.TRANSDUCTIVE: transductive,
-        }
-        inputs.update({k: v for k, v in options.items() if v is not None})
+        inputs.update(adapt_options(inner_steps, inner_batch_size, learning_rate, transductive))
         return self.predict(model, inputs, sig.ADAPT_AND_PREDICT, version=version, label=label)
+
+
+def adapt_options(
+    inner_steps: int | None = None,
+    inner_batch_size: int | None = None,
+    learning_rate: float | None = None,
+    transductive: bool | None = None,
+) -> dict:
+    """The optional inputs of the adapt signatures that are not None (None: the model's default)."""
+    given = {
+        sig.INNER_STEPS: inner_steps,
+        sig.INNER_BATCH_SIZE: inner_batch_size,
+        sig.LEARNING_RATE: learning_rate,
+        sig.TRANSDUCTIVE: transductive,
+    }
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def convert(value, dtype, key: str) -> np.ndarray:
@@ -258,21 +297,6 @@ def convert(value, dtype, key: str) -> np.ndarray:
 
 
 # Files.
-
-
-def load_image(path: str, input_shape: Sequence[int]) -> np.ndarray:
-    """A PNG prepared exactly as the training images of a model with `input_shape`."""
-    input_shape = tuple(input_shape)
-    if input_shape == (IMAGE_SIZE, IMAGE_SIZE, 1):
-        with Image.open(path) as image:
-            return to_28x28_bits(image).astype(np.float32)[..., None]
-    if len(input_shape) == 3 and input_shape[2] == 3 and input_shape[0] == input_shape[1]:
-        rgb = _read_rgb(pathlib.Path(path), input_shape[0])
-        return rgb.astype(np.float32) * np.float32(1 / 255)
-    raise ValueError(
-        f"PNG input fits Omniglot-shaped (28, 28, 1) and square RGB (N, N, 3) models; this model "
-        f"takes {input_shape}. Send .npz arrays instead. Received: {path}"
-    )
 
 
 def _pngs(folder: str) -> list[str]:
@@ -320,11 +344,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--target", required=True, help="host:port of the gRPC (or REST) port")
     parser.add_argument("--model", required=True, help="model name")
-    parser.add_argument("--support", nargs="+", required=True, help="PNGs, folders or one .npz")
+    parser.add_argument(
+        "--support", nargs="+", help="PNGs, folders or one .npz (required unless --show_card)"
+    )
     parser.add_argument("--query", nargs="+", default=[], help="PNGs, folders or one .npz")
+    parser.add_argument(
+        "--show_card", action="store_true", help="print the version's model card and exit"
+    )
     parser.add_argument("--version", type=int)
     parser.add_argument("--label", help="version label")
     parser.add_argument("--inner_steps", type=int)
+    parser.add_argument("--inner_batch_size", type=int)
     parser.add_argument("--learning_rate", type=float)
     parser.add_argument("--transductive", action="store_true", default=None)
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="deadline, s")
@@ -359,17 +389,40 @@ def _task(args, client: Client) -> tuple[dict, list[str], list[str] | None]:
     return arrays, query_names, class_names
 
 
+def card_summary(card: ModelCard) -> str:
+    """A few lines on a model card: name, ways, meta-iterations, results, default protocol."""
+    p = card.default_protocol
+    answer = ""
+    if not card.regression:
+        answer = ", transductive" if p.transductive else ", non-transductive"
+    lines = [
+        f"name: {card.name}",
+        f"ways: {card.ways} ({'regression' if card.regression else 'classification'})",
+        f"meta-iterations: {card.meta_iterations}",
+        "results:" if card.results else "results: none measured",
+        *(f"  {m}" for m in card.results),
+        f"default protocol: {p.shots}-shot, {p.eval_iters} inner steps of batch {p.eval_batch} "
+        f"at learning rate {p.learning_rate}{answer}",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not (args.show_card or args.support):
+        parser.error("--support is required (unless --show_card)")
     try:
         with Client(args.target, rest=args.rest, timeout=args.timeout) as client:
+            if args.show_card:
+                print(card_summary(client.model_card(args.model, args.version, args.label)))
+                return 0
             arrays, query_names, class_names = _task(args, client)
-            options = {
-                sig.INNER_STEPS: args.inner_steps,
-                sig.LEARNING_RATE: args.learning_rate,
-                sig.TRANSDUCTIVE: args.transductive,
-            }
-            arrays.update({k: v for k, v in options.items() if v is not None})
+            arrays.update(
+                adapt_options(
+                    args.inner_steps, args.inner_batch_size, args.learning_rate, args.transductive
+                )
+            )
             outputs = client.predict(
                 args.model, arrays, sig.ADAPT_AND_PREDICT, version=args.version, label=args.label
             )

@@ -80,16 +80,16 @@ def clean_tf_message(message: str) -> str:
         line = line.strip()
         if (
             not line
-            or line.startswith(("[[", "Graph execution error", "Detected at node"))
+            or line.startswith(("[[{{", "Graph execution error", "Detected at node"))
             or "stack traces unavailable" in line
             or line.startswith("File ")
         ):
             continue
         kept.append(line)
     text = " ".join(kept)
-    text = re.sub(r"\s*\[\[.*?\]\]", "", text)
+    text = re.sub(r"\s*\[\[\{\{.*?\}\}\]\]", "", text)  # [[{{node ...}}]], not nested data
     text = re.sub(r"\s*\[Op:[^\]]*\]", "", text)
-    text = re.sub(r"\(\w+:0\)\s*", "", text)
+    text = re.sub(r"\([\w/.-]+:\d+\)\s*", "", text)  # tensor names, e.g. (assert_less/y:0)
     return text.strip() or "TensorFlow reported an error without a message"
 
 

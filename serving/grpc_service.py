@@ -1,4 +1,8 @@
-"""TensorFlow Serving's gRPC API: PredictionService, ModelService and the gRPC health service."""
+"""TensorFlow Serving's gRPC API: PredictionService, ModelService and the gRPC health service.
+
+GetModelMetadata answers TF Serving's `signature_def` field (a `SignatureDefMap`) and this server's
+`model_card` field: the version's model card JSON as a `google.protobuf.StringValue`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from google.protobuf import wrappers_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -24,10 +29,9 @@ from tensorflow_serving.apis import (
 from serving import validation
 from serving.cancellation import Cancellation
 from serving.errors import ServingError, invalid
-from serving.service import Service, Target, check_deadline
+from serving.service import MODEL_CARD, SIGNATURE_DEF, Service, Target, check_deadline
 
 SERVICE_NAMES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
-METADATA_FIELD = "signature_def"  # GetModelMetadataImpl::kSignatureDef
 
 
 def _answer(context: grpc.ServicerContext, method: str, fn: Callable):
@@ -168,24 +172,23 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def GetModelMetadata(self, request, context):
         def run():
-            target = _target(request)
-            if not request.metadata_field:
-                raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
-            for field in request.metadata_field:
-                if field != METADATA_FIELD:
-                    raise invalid(
-                        f"Metadata field {field} is not supported; expected {METADATA_FIELD}."
-                    )
-            name, version, signature_defs = self._service.metadata(target)
+            fields = list(request.metadata_field)
+            metadata = self._service.metadata(_target(request), fields)
             response = get_model_metadata_pb2.GetModelMetadataResponse()
-            _fill_model_spec(response.model_spec, name, version)
-            signature_map = get_model_metadata_pb2.SignatureDefMap()
-            for key, sdef in signature_defs.items():
-                signature_map.signature_def[key].CopyFrom(sdef)
-            response.metadata[METADATA_FIELD].Pack(signature_map)
+            _fill_model_spec(response.model_spec, metadata.name, metadata.version)
+            if SIGNATURE_DEF in fields:
+                response.metadata[SIGNATURE_DEF].Pack(signature_map(metadata.signature_defs))
+            if MODEL_CARD in fields:
+                card = wrappers_pb2.StringValue(value=metadata.card.to_json())
+                response.metadata[MODEL_CARD].Pack(card)
             return response
 
         return _answer(context, "GetModelMetadata", run)
+
+
+def signature_map(signature_defs) -> get_model_metadata_pb2.SignatureDefMap:
+    """The `SignatureDefMap` of SignatureDef protos by name (shared with REST)."""
+    return get_model_metadata_pb2.SignatureDefMap(signature_def=signature_defs)
 
 
 def status_response(statuses) -> get_model_status_pb2.GetModelStatusResponse:

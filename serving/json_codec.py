@@ -115,8 +115,10 @@ def _rows(instances, spec: sig.SignatureSpec) -> dict[str, np.ndarray]:
 def _column(value, input_spec: sig.InputSpec) -> np.ndarray:
     array = to_array(value, input_spec.dtype, input_spec.key)
     shape = input_spec.shape
-    if array.shape == (0,) and shape and len(shape) > 1 and None not in shape[1:]:
-        array = array.reshape((0, *shape[1:]))  # JSON's [] has no inner dimensions
+    if array.size == 0 and shape and array.ndim < len(shape) and array.shape[-1:] == (0,):
+        # JSON's [] has no inner dimensions: take them from the contract (0 for a free one).
+        inner = tuple(d or 0 for d in shape[array.ndim :])
+        array = array.reshape(array.shape + inner)
     return array
 
 

@@ -2,6 +2,8 @@
 
 - `GET /v1/models/<name>[/versions/<v>|/labels/<l>]`: model status.
 - `GET /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata`: signature defs.
+- `GET /v1/models/<name>[/versions/<v>|/labels/<l>]/model_card`: the version's model card JSON
+  (`ModelCard.to_dict()`; NOT_FOUND if it has none), an extension TF Serving does not have.
 - `POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict` (and `:classify`).
 Errors are `{"error": "<message>"}` with the HTTP status of the TF Serving code.
 """
@@ -19,20 +21,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import grpc
 from absl import logging
 from google.protobuf import json_format
-from tensorflow_serving.apis import get_model_metadata_pb2
 
 from serving import json_codec, validation
 from serving.cancellation import Cancellation
 from serving.errors import ServingError, invalid
-from serving.grpc_service import METADATA_FIELD, status_response
-from serving.service import Service, Target, check_deadline
+from serving.grpc_service import signature_map, status_response
+from serving.service import MODEL_CARD, SIGNATURE_DEF, Service, Target, check_deadline
 
 # http_rest_api_util.cc
 _POST = re.compile(
     r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)"
 )
 _GET = re.compile(
-    r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?"
+    r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+    r"(?:/(metadata|model_card))?"  # model_card: this server's extension
 )
 
 
@@ -113,19 +115,25 @@ class _Handler(BaseHTTPRequestHandler):
         match = _GET.fullmatch(urllib.parse.urlsplit(self.path).path)
         if not match:
             self._malformed()
-        name, version, label, metadata = match.groups()
+        name, version, label, resource = match.groups()
         if not name:
             raise invalid("Missing model name in request.")
         target = _target(name, version, label)
         service = self.server.service
-        if metadata:
-            name, version, signature_defs = service.metadata(target)
-            signature_map = get_model_metadata_pb2.SignatureDefMap(signature_def=signature_defs)
+        if resource and resource.lower() == MODEL_CARD:
+            return service.metadata(target, [MODEL_CARD]).card.to_dict()
+        if resource:
+            metadata = service.metadata(target, [SIGNATURE_DEF])
+            signature_defs = signature_map(metadata.signature_defs)
             return {
-                "model_spec": {"name": name, "signature_name": "", "version": str(version)},
+                "model_spec": {
+                    "name": metadata.name,
+                    "signature_name": "",
+                    "version": str(metadata.version),
+                },
                 "metadata": {
-                    METADATA_FIELD: json_format.MessageToDict(
-                        signature_map, preserving_proto_field_name=True
+                    SIGNATURE_DEF: json_format.MessageToDict(
+                        signature_defs, preserving_proto_field_name=True
                     )
                 },
             }

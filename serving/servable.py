@@ -8,7 +8,6 @@ variable, so concurrent requests share nothing mutable.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 from collections.abc import Mapping
@@ -19,6 +18,8 @@ import tensorflow as tf
 from tensorflow.python.saved_model import loader_impl
 
 from keras_reptile.export import signatures as sig
+from keras_reptile.export.model_card import ModelCard
+from keras_reptile.export.saved_model import warmup_arrays
 from serving import validation
 from serving.cancellation import Cancellation
 from serving.errors import ServingError, from_tf_error, invalid
@@ -51,21 +52,24 @@ def _check_contract(name: str, sdef, spec: sig.SignatureSpec, path: str) -> None
         )
 
 
-def _model_info(signature_defs, card: dict) -> validation.ModelInfo:
+def _model_info(signature_defs, card: ModelCard | None) -> validation.ModelInfo:
+    """Ways and input shape from the model card, or from the signatures of a card-less model."""
+    if card is not None:
+        return validation.ModelInfo(card.ways, tuple(card.input_shape), card.regression)
     default = signature_defs.get(sig.SERVING_DEFAULT)
     regression = default is not None and sig.INPUTS in default.inputs
-    shape = card.get("input_shape")
-    if shape is None and default is not None:
+    shape = ways = None
+    if default is not None:
         key = sig.INPUTS if regression else sig.IMAGES
         if key in default.inputs:
             shape = [d.size for d in default.inputs[key].tensor_shape.dim][1:]
-    ways = 1 if regression else card.get("ways")
-    if ways is None and default is not None and sig.LOGITS in default.outputs:
-        ways = default.outputs[sig.LOGITS].tensor_shape.dim[-1].size
-    if shape is None or ways is None or int(ways) < 1:
+        ways = 1 if regression else None
+        if sig.LOGITS in default.outputs:
+            ways = default.outputs[sig.LOGITS].tensor_shape.dim[-1].size
+    if shape is None or ways is None or int(ways) < 1 or any(d < 1 for d in shape):
         raise invalid(
-            f"Cannot tell the model's ways and input shape: {sig.CARD_FILE} has ways={ways}, "
-            f"input_shape={shape}, and the signatures do not say either."
+            f"Cannot tell the model's ways and input shape: it has no {sig.CARD_FILE} and its "
+            f"signatures do not say (ways={ways}, input_shape={shape})."
         )
     return validation.ModelInfo(int(ways), tuple(int(d) for d in shape), regression)
 
@@ -75,7 +79,10 @@ class Servable:
 
     Attributes:
         name, version, path: which model version this is and where it was loaded from.
-        info: ModelInfo. Ways and input shape from the model card.
+        info: ModelInfo. Ways and input shape from the model card (or, without one, from the
+            signatures).
+        card: ModelCard or None. The model card, if the SavedModel has one (served as is by
+            GetModelMetadata's `model_card` field and REST's `/model_card`).
         signature_defs: dict name -> SignatureDef proto (what GetModelMetadata returns).
         specs: dict name -> SignatureSpec of each callable signature.
     """
@@ -84,6 +91,7 @@ class Servable:
         self.name, self.version, self.path = name, int(version), path
         self._loaded = loaded  # keeps the functions' variables alive
         self.signature_defs = signature_defs
+        self.card = card
         self.info = _model_info(signature_defs, card)
         contract = sig.signature_specs(self.info.input_shape, self.info.regression)
         self._functions, self.specs, self.defaults = {}, {}, {}
@@ -107,11 +115,12 @@ class Servable:
         if not graphs:
             raise invalid(f"The SavedModel at {path} has no MetaGraph tagged 'serve'.")
         signature_defs = dict(graphs[0].signature_def)
-        card_path = os.path.join(path, "assets.extra", sig.CARD_FILE)
-        card = {}
-        if os.path.exists(card_path):
-            with open(card_path) as f:
-                card = json.load(f)
+        card = None
+        if os.path.exists(os.path.join(path, "assets.extra", sig.CARD_FILE)):
+            try:
+                card = ModelCard.read(path)
+            except ValueError as e:
+                raise invalid(str(e)) from None
         loaded = tf.saved_model.load(path, tags=["serve"])
         return cls(name, version, path, loaded, signature_defs, card)
 
@@ -245,28 +254,9 @@ class Servable:
         return requests
 
     def _synthetic_requests(self) -> list:
-        rng = np.random.default_rng(0)
-        ways, shape = self.info.ways, self.info.input_shape
-
-        def examples(n):
-            return rng.random((n, *shape), dtype=np.float32)
-
-        requests = []
-        if sig.SERVING_DEFAULT in self.specs:
-            key = sig.INPUTS if self.info.regression else sig.IMAGES
-            requests.append((sig.SERVING_DEFAULT, {key: examples(1)}))
-        if sig.ADAPT_AND_PREDICT in self.specs:
-            if self.info.regression:
-                arrays = {
-                    sig.SUPPORT_INPUTS: examples(2),
-                    sig.SUPPORT_TARGETS: np.zeros((2, 1), np.float32),
-                    sig.QUERY_INPUTS: examples(1),
-                }
-            else:
-                arrays = {
-                    sig.SUPPORT_IMAGES: examples(ways),
-                    sig.SUPPORT_LABELS: np.arange(ways, dtype=np.int32),
-                    sig.QUERY_IMAGES: examples(1),
-                }
-            requests.append((sig.ADAPT_AND_PREDICT, arrays))
-        return requests
+        """One valid request per signature of the contract (a SavedModel without warmup)."""
+        return [
+            (name, warmup_arrays(self.specs[name], self.info.input_shape, self.info.ways))
+            for name in sig.SIGNATURES
+            if name in self.specs
+        ]

@@ -47,8 +47,9 @@ flags.DEFINE_bool(
     "Allow the config's version labels to name versions that are not loaded.",
 )
 flags.DEFINE_string("host", "127.0.0.1", "Address to bind both ports to (0.0.0.0: every one).")
-flags.DEFINE_integer("max_support", 500, "Most support examples a request may send.")
-flags.DEFINE_integer("max_queries", 500, "Most query (or serving_default) examples per request.")
+flags.DEFINE_integer("max_support", 500, "Most support examples of a task.")
+flags.DEFINE_integer("max_queries", 500, "Most query (or serving_default) examples of a task.")
+flags.DEFINE_integer("max_tasks", 64, "Most tasks in one adapt_and_predict_tasks request.")
 flags.DEFINE_integer("max_inner_steps", 1000, "Largest inner_steps a request may ask for.")
 flags.DEFINE_integer("max_message_bytes", 64 * 2**20, "Largest gRPC message or REST body.")
 flags.DEFINE_integer("grpc_workers", 16, "gRPC worker threads (requests run in parallel).")
@@ -70,7 +71,7 @@ def _check_flags() -> None:
             raise app.UsageError(
                 f"--{name} must be in [{low}, 65535]. Received: {FLAGS[name].value}"
             )
-    for name in ("max_support", "max_queries", "max_message_bytes", "grpc_workers"):
+    for name in ("max_support", "max_queries", "max_tasks", "max_message_bytes", "grpc_workers"):
         if FLAGS[name].value < 1:
             raise app.UsageError(f"--{name} must be >= 1. Received: {FLAGS[name].value}")
     for name in (
@@ -111,7 +112,11 @@ def main(argv: list[str]) -> None:
     _check_flags()
     set_threads(FLAGS.tensorflow_intra_op_parallelism, FLAGS.tensorflow_inter_op_parallelism)
     limits = Limits(
-        FLAGS.max_support, FLAGS.max_queries, FLAGS.max_inner_steps, FLAGS.max_message_bytes
+        FLAGS.max_support,
+        FLAGS.max_queries,
+        FLAGS.max_inner_steps,
+        FLAGS.max_message_bytes,
+        FLAGS.max_tasks,
     )
     try:
         manager = build_manager(limits)

@@ -1,7 +1,9 @@
 """The server's operations, independent of gRPC or REST.
 
 Both protocols resolve the model the same way, decode their tensors with `validation`, and execute
-through `Servable.prepare` and `Servable.run`, so an answer never depends on the protocol.
+through `Servable.prepare` and `Servable.run`, so an answer never depends on the protocol. Metadata
+is TF Serving's `signature_def` plus this server's `model_card` (the version's
+`keras_reptile.export.model_card.ModelCard`), which TF Serving itself does not have.
 """
 
 from __future__ import annotations
@@ -14,11 +16,16 @@ import grpc
 import numpy as np
 
 from keras_reptile.export import signatures as sig
+from keras_reptile.export.model_card import ModelCard
 from serving import validation
 from serving.cancellation import Cancellation
-from serving.errors import ServingError, invalid
+from serving.errors import ServingError, invalid, not_found
 from serving.model_config import ModelServerConfig
 from serving.model_manager import ModelManager, VersionStatus
+
+SIGNATURE_DEF = "signature_def"  # GetModelMetadataImpl::kSignatureDef
+MODEL_CARD = "model_card"  # this server's extension: the version's model card as JSON
+METADATA_FIELDS = (SIGNATURE_DEF, MODEL_CARD)
 
 # Turns a signature spec into the request's arrays, checking names, dtypes and shapes.
 Decoder = Callable[[sig.SignatureSpec], dict[str, np.ndarray]]
@@ -39,6 +46,16 @@ class Result:
     version: int
     signature_name: str
     outputs: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Metadata:
+    """A version's metadata: its signatures and, when asked for, its model card."""
+
+    name: str
+    version: int
+    signature_defs: dict
+    card: ModelCard | None
 
 
 def check_deadline(deadline: float | None, what: str) -> None:
@@ -140,10 +157,28 @@ class Service:
             rows.append(values.reshape(input_shape))
         return np.stack(rows)
 
-    def metadata(self, target: Target) -> tuple[str, int, dict]:
-        """(name, version, SignatureDef protos by name) of the version asked for."""
+    def metadata(self, target: Target, fields: Sequence[str] = (SIGNATURE_DEF,)) -> Metadata:
+        """The version asked for, with its SignatureDefs and its card.
+
+        `fields` are GetModelMetadata's `metadata_field`s (`METADATA_FIELDS`); asking for
+        `model_card` of a version without one is NOT_FOUND.
+        """
+        if not fields:
+            raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in fields:
+            if field not in METADATA_FIELDS:
+                raise invalid(
+                    f"Metadata field {field} is not supported; expected one of "
+                    f"{', '.join(METADATA_FIELDS)}."
+                )
         with self.manager.servable(target.name, target.version, target.label) as servable:
-            return servable.name, servable.version, servable.signature_defs
+            if MODEL_CARD in fields and servable.card is None:
+                raise not_found(
+                    f"Model {servable.name} version {servable.version} has no model card: its "
+                    f"SavedModel has no assets.extra/{sig.CARD_FILE}; it is served from its "
+                    "signatures alone."
+                )
+            return Metadata(servable.name, servable.version, servable.signature_defs, servable.card)
 
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         return self.manager.status(name, version)

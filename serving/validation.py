@@ -2,8 +2,10 @@
 
 Names, dtypes and shapes come from `keras_reptile.export.signatures.signature_specs`; the number of
 classes (`ways`) and the example shape come from the model card; the maxima are server flags.
-Every failure is a `ServingError` saying what was received and what was expected. Values are
-never cast: a tensor of the wrong dtype is rejected.
+Inputs of `adapt_and_predict_tasks` carry a leading task axis: tasks are counted against
+`--max_tasks`, examples per task against `--max_support` and `--max_queries`. Every failure is a
+`ServingError` saying what was received and what was expected. Values are never cast: a tensor of
+the wrong dtype is rejected.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ QUERY_KEYS = (sig.QUERY_IMAGES, sig.QUERY_INPUTS, sig.IMAGES, sig.INPUTS)
 class Limits:
     """Server-wide request limits (the `--max_*` flags)."""
 
-    max_support: int = 500
-    max_queries: int = 500
+    max_support: int = 500  # per task
+    max_queries: int = 500  # per task
     max_inner_steps: int = 1000
     max_message_bytes: int = 64 * 2**20
+    max_tasks: int = 64  # tasks in one adapt_and_predict_tasks request
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,22 +100,36 @@ def check_shape(
             f'Input "{spec.key}" of signature "{signature.name}" has shape {_shape_text(shape)}; '
             f"expected {what}."
         )
-    if spec.key in SUPPORT_KEYS + TARGET_KEYS + QUERY_KEYS and len(shape) >= 1:
-        kind, limit, flag = (
-            ("query", limits.max_queries, "--max_queries")
-            if spec.key in QUERY_KEYS
-            else ("support", limits.max_support, "--max_support")
-        )
+    if spec.key not in SUPPORT_KEYS + TARGET_KEYS + QUERY_KEYS or len(shape) < 1 + spec.tasks:
+        return
+    where = f'Input "{spec.key}" of signature "{signature.name}"'
+    if spec.tasks:
         if shape[0] == 0:
             raise invalid(
-                f'Input "{spec.key}" of signature "{signature.name}" is empty (shape '
-                f"{_shape_text(shape)}); expected at least one {kind} example."
+                f"{where} holds no task (shape {_shape_text(shape)}); expected at least one task."
             )
-        if shape[0] > limit:
+        if shape[0] > limits.max_tasks:
             raise invalid(
-                f'Input "{spec.key}" has {shape[0]} {kind} examples; the server accepts at most '
-                f"{limit} ({flag})."
+                f"{where} holds {shape[0]} tasks; the server accepts at most {limits.max_tasks} "
+                "(--max_tasks)."
             )
+    count = shape[1] if spec.tasks else shape[0]
+    kind, limit, flag = (
+        ("query", limits.max_queries, "--max_queries")
+        if spec.key in QUERY_KEYS
+        else ("support", limits.max_support, "--max_support")
+    )
+    per_task = " per task" if spec.tasks else ""
+    if count == 0:
+        raise invalid(
+            f"{where} is empty (shape {_shape_text(shape)}); expected at least one {kind} "
+            f"example{per_task}."
+        )
+    if count > limit:
+        raise invalid(
+            f'Input "{spec.key}" has {count} {kind} examples{per_task}; the server accepts at '
+            f"most {limit} ({flag})."
+        )
 
 
 def check_decoded_size(key: str, shape: tuple[int, ...], dtype: tf.DType, limits: Limits) -> None:
@@ -196,19 +213,35 @@ def check_values(
                 )
     support = next((k for k in SUPPORT_KEYS if k in arrays), None)
     target = next((k for k in TARGET_KEYS if k in arrays), None)
-    if support and target and len(arrays[support]) != len(arrays[target]):
+    query = next((k for k in QUERY_KEYS[:2] if k in arrays), None)
+    tasks = any(i.tasks for i in signature.inputs)
+    if tasks:
+        for other in (target, query):
+            if support and other and len(arrays[support]) != len(arrays[other]):
+                raise invalid(
+                    f'Input "{support}" holds {len(arrays[support])} tasks but "{other}" holds '
+                    f"{len(arrays[other])}; expected the same number of tasks in both."
+                )
+    axis = 1 if tasks else 0  # the examples axis
+    counts = [arrays[k].shape[axis] for k in (support, target) if k and arrays[k].ndim > axis]
+    if len(counts) == 2 and counts[0] != counts[1]:
+        per_task = " per task" if tasks else ""
         raise invalid(
-            f'Input "{support}" has {len(arrays[support])} examples but "{target}" has '
-            f"{len(arrays[target])}; expected one label or target per support example."
+            f'Input "{support}" has {counts[0]} examples{per_task} but "{target}" has '
+            f"{counts[1]}; expected one label or target per support example."
         )
     if sig.SUPPORT_LABELS in arrays and not info.regression:
         labels = arrays[sig.SUPPORT_LABELS]
-        bad = np.flatnonzero((labels < 0) | (labels >= info.ways))
-        if bad.size:
+        outside = (labels < 0) | (labels >= info.ways)
+        if outside.any():
+            first = np.argwhere(outside)[:5]  # [index] or [task, example] rows
+            where = "(task, example) indices" if tasks else "indices"
+            indices = [tuple(i) for i in first.tolist()] if tasks else first[:, 0].tolist()
             raise invalid(
-                f'Input "{sig.SUPPORT_LABELS}" has {bad.size} values outside [0, {info.ways}) '
-                f"(the model has {info.ways} ways): received {labels[bad[:5]].tolist()} at "
-                f"indices {bad[:5].tolist()}; expected class indices 0..{info.ways - 1}."
+                f'Input "{sig.SUPPORT_LABELS}" has {int(outside.sum())} values outside '
+                f"[0, {info.ways}) (the model has {info.ways} ways): received "
+                f"{labels[tuple(first.T)].tolist()} at {where} {indices}; expected class indices "
+                f"0..{info.ways - 1}."
             )
     note = " (the signature's default)"
     if sig.INNER_STEPS in arrays:
@@ -224,4 +257,12 @@ def check_values(
             raise invalid(
                 f"learning_rate must be a finite number >= 0; received {lr}"
                 f"{note if sig.LEARNING_RATE in defaulted else ''}."
+            )
+    if sig.INNER_BATCH_SIZE in arrays:
+        batch = int(arrays[sig.INNER_BATCH_SIZE])
+        if not 1 <= batch <= limits.max_support:
+            raise invalid(
+                f"inner_batch_size must be in [1, {limits.max_support}] (--max_support); "
+                f"received {batch}"
+                f"{note if sig.INNER_BATCH_SIZE in defaulted else ''}."
             )

@@ -1,6 +1,5 @@
 """absl_main.py as a user runs it: usage errors, SIGKILL then resume, the sine default."""
 
-import json
 import os
 import re
 import signal
@@ -12,6 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_reptile.export.model_card import ModelCard
+from keras_reptile.run import recorded_results
 from tests.conftest import REPO_ROOT
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO_ROOT))
@@ -47,7 +48,7 @@ def run_main(*flags, cwd=None, timeout=600):
         (["--mode=evaluate", "--model_dir=/tmp/keras_reptile_no_such_run"], "No checkpoint"),
         (["--warm_start_from=/nonexistent"], "Expected a keras-reptile SavedModel"),
         (
-            [f"--warm_start_from={REPO_ROOT / 'saved_models/omniglot_5w1s'}"],
+            [f"--warm_start_from={REPO_ROOT / 'saved_models/omniglot_5w'}"],
             "dataset='omniglot'; this run cannot start from it. Received: dataset='sine'",
         ),
     ],
@@ -106,15 +107,14 @@ def test_sine_default_runs_end_to_end(tmp_path):
     # The README's main job with fewer iterations: train, evaluate, plot, export.
     result = run_main("--meta_iters=1500", "--eval_samples=300", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((tmp_path / "runs/sine/eval_results.json").read_text())
-    meta = results["test"]["mse"]["mean"]
-    random_init = results["test_from_random_init"]["mse"]["mean"]
+    results = {m.split: m for m in recorded_results(str(tmp_path / "runs/sine"))}
+    meta, random_init = results["test"].mean, results["test_from_random_init"].mean
     assert meta < random_init / 3, (meta, random_init)
     assert re.search(r"test\s+mse: MSE", result.stdout)
     assert (tmp_path / "runs/sine/sine_adaptation.png").stat().st_size > 10_000
     export = tmp_path / "saved_models/sine/1"
-    card = json.loads((export / "assets.extra/model_card.json").read_text())
-    assert card["measured"]["test"]["mse"]["mean"] == meta
+    card = ModelCard.read(str(export))
+    assert card.find(split="test").mean == meta and card.meta_iterations == 1500
     loaded = tf.saved_model.load(str(export))
     x = np.linspace(-4, 4, 10, dtype=np.float32)[:, None]
     adapt = loaded.signatures["adapt_and_predict"]
@@ -137,14 +137,14 @@ def test_sine_default_runs_end_to_end(tmp_path):
     again = run_main("--meta_iters=1500", "--eval_samples=300", "--mode=export", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "saved_models/sine/2/saved_model.pb").exists()
-    card = json.loads((tmp_path / "saved_models/sine/2/assets.extra/model_card.json").read_text())
-    assert card["measured"]["test"]["mse"]["mean"] == meta
-    # Another protocol on the same run (as omniglot_5w5s shares omniglot_5w1s's training): the
-    # card must not carry numbers measured with 10 shots.
+    assert ModelCard.read(str(tmp_path / "saved_models/sine/2")).results == card.results
+    # The run folder is enough: no flags but its folder to export (and no data), and another
+    # protocol's defaults on request; the card keeps each result with the protocol it was
+    # measured with.
     other = run_main(
-        "--meta_iters=1500", "--shots=5", "--mode=export", "--export_dir=other", cwd=tmp_path
+        "--model_dir=runs/sine", "--shots=5", "--mode=export", "--export_dir=other", cwd=tmp_path
     )
     assert other.returncode == 0, other.stderr[-3000:]
-    assert "Not putting" in other.stdout
-    card = json.loads((tmp_path / "other/1/assets.extra/model_card.json").read_text())
-    assert card["measured"] is None and card["shots"] == 5
+    other_card = ModelCard.read(str(tmp_path / "other/1"))
+    assert other_card.default_protocol.shots == 5
+    assert other_card.results == card.results and card.results[0].protocol.shots == 10

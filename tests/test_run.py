@@ -1,16 +1,15 @@
-import json
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_reptile.config import Config
+from keras_reptile.config import Protocol, Recipe
+from keras_reptile.export.model_card import ModelCard, WarmStart
 from keras_reptile.export.saved_model import read_exported_state
-from keras_reptile.run import run
+from keras_reptile.run import read_run, recorded_results, run
 
 # Adam in the inner loop, so the carried statistics travel through the export too; a constant
 # meta step, so a run continued from an export can be compared with one that never stopped.
-SINE = Config(
+SINE = Recipe(
     sgd=False,
     learning_rate=0.01,
     meta_step=0.5,
@@ -18,20 +17,19 @@ SINE = Config(
     meta_batch=2,
     meta_iters=4,
     inner_iters=2,
-    eval_samples=8,
-    eval_iters=3,
     eval_interval=0,
     checkpoint_interval=2,
 )
+PROTOCOL = Protocol(eval_samples=8, eval_iters=3, learning_rate=0.01)
 
 
-def _run(config, tmp_path, name, **kwargs):
+def _run(recipe, tmp_path, name, protocol=PROTOCOL, **kwargs):
     kwargs.setdefault("export_dir", str(tmp_path / f"{name}_export"))
-    return run(config, model_dir=str(tmp_path / name), name="sine", **kwargs)
+    return run(recipe, protocol, model_dir=str(tmp_path / name), name="sine", **kwargs)
 
 
-def _card(export_dir):
-    return json.loads((export_dir / "1/assets.extra/model_card.json").read_text())
+def _card(export_dir, version=1) -> ModelCard:
+    return ModelCard.read(str(export_dir / str(version)))
 
 
 def test_warm_start_from_an_export_evaluates_and_exports_the_same_run(tmp_path):
@@ -42,9 +40,9 @@ def test_warm_start_from_an_export_evaluates_and_exports_the_same_run(tmp_path):
     assert again == first  # same weights, Adam statistics and step: the same measured numbers
     _run(SINE, tmp_path, "again", mode="export")
     card, source = _card(tmp_path / "again_export"), _card(tmp_path / "first_export")
-    assert card["measured"] == source["measured"]
-    assert card["meta_iterations"] == 4
-    assert card["warm_started_from"] == {"model": "sine", "version": 1, "meta_iterations": 4}
+    assert card.results == source.results and len(card.results) == 2  # test, from random init
+    assert card.meta_iterations == 4
+    assert card.warm_started_from == WarmStart("sine", 1, 4)
     one = read_exported_state(str(tmp_path / "first_export/1"))
     two = read_exported_state(str(tmp_path / "again_export"))  # base folder: latest version
     assert two.adam_step == one.adam_step > 0
@@ -54,7 +52,7 @@ def test_warm_start_from_an_export_evaluates_and_exports_the_same_run(tmp_path):
 
 def test_warm_start_under_mirrored_gives_the_same_numbers(tmp_path):
     first = _run(SINE, tmp_path, "first")
-    mirrored = SINE.replace(strategy="mirrored")
+    mirrored = SINE.replace(strategy="mirrored")  # one meta-batch of 2 tasks: one per replica
     again = _run(
         mirrored, tmp_path, "again", mode="evaluate", warm_start_from=str(tmp_path / "first_export")
     )
@@ -79,8 +77,8 @@ def test_warm_start_keeps_an_existing_checkpoint(tmp_path, capsys):
     capsys.readouterr()
     _run(SINE, tmp_path, "run", mode="export", warm_start_from=str(tmp_path / "other_export"))
     assert "already holds a checkpoint at step 4" in capsys.readouterr().out
-    assert _card(tmp_path / "run_export")["meta_iterations"] == 4
-    assert "warm_started_from" not in _card(tmp_path / "run_export")
+    assert _card(tmp_path / "run_export").meta_iterations == 4
+    assert _card(tmp_path / "run_export").warm_started_from is None
 
 
 @pytest.mark.parametrize(
@@ -104,12 +102,71 @@ def test_warm_start_from_a_folder_without_an_export_is_refused(tmp_path):
         _run(SINE, tmp_path, "run", warm_start_from=str(tmp_path / "empty"))
 
 
-def test_warm_start_from_another_packages_saved_model_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    "card, match",
+    [
+        ('{"meta_iterations": 1, "config": {}}', "Not a keras-reptile model card"),
+        ("not json", "must be JSON"),
+        (None, "No model card"),
+    ],
+)
+def test_warm_start_from_another_packages_saved_model_is_refused(tmp_path, card, match):
+    other = tmp_path / "other/1"
+    tf.saved_model.save(tf.Module(), str(other))
+    if card is not None:
+        (other / "assets.extra").mkdir()
+        (other / "assets.extra/model_card.json").write_text(card)
+    with pytest.raises(ValueError, match=match):
+        _run(SINE, tmp_path, "run", warm_start_from=str(tmp_path / "other"))
+
+
+def test_warm_start_from_an_export_without_the_run_state_is_refused(tmp_path):
+    _run(SINE.replace(meta_iters=2), tmp_path, "source")
     other = tmp_path / "other/1"
     tf.saved_model.save(tf.Module(), str(other))
     (other / "assets.extra").mkdir()
-    (other / "assets.extra/model_card.json").write_text(
-        json.dumps({"meta_iterations": 1, "config": {}})
-    )
+    card = (tmp_path / "source_export/1/assets.extra/model_card.json").read_text()
+    (other / "assets.extra/model_card.json").write_text(card)
     with pytest.raises(ValueError, match="not written by this package's exporter"):
         _run(SINE, tmp_path, "run", warm_start_from=str(tmp_path / "other"))
+
+
+def test_one_run_measured_with_two_protocols_exports_one_card_with_both(tmp_path):
+    _run(SINE, tmp_path, "run", mode="train")
+    five = PROTOCOL.replace(shots=5)
+    _run(SINE, tmp_path, "run", protocol=five, mode="evaluate")
+    _run(SINE, tmp_path, "run", mode="evaluate")
+    _run(SINE, tmp_path, "run", protocol=five, mode="evaluate")  # again: replaces, never adds
+    assert len(recorded_results(str(tmp_path / "run"))) == 4
+    _run(SINE, tmp_path, "run", mode="export")
+    card = _card(tmp_path / "run_export")
+    assert sorted((m.split, m.protocol.shots) for m in card.results) == [
+        ("test", 5),
+        ("test", 10),
+        ("test_from_random_init", 5),
+        ("test_from_random_init", 10),
+    ]
+    # The run folder keeps the protocol it was created with as its default.
+    assert card.default_protocol == PROTOCOL
+    assert read_run(str(tmp_path / "run"))[1].protocol == PROTOCOL
+
+
+def test_results_of_an_earlier_step_stay_off_the_card(tmp_path):
+    _run(SINE.replace(meta_iters=2), tmp_path, "run")
+    _run(SINE, tmp_path, "run", mode="train")  # trains on to step 4; nothing measured there
+    _run(SINE, tmp_path, "run", mode="export")
+    assert [m.meta_iterations for m in recorded_results(str(tmp_path / "run"))] == [2, 2]
+    card = _card(tmp_path / "run_export", version=2)
+    assert card.meta_iterations == 4 and card.results == ()
+
+
+def test_export_needs_no_data(tmp_path, monkeypatch):
+    _run(SINE, tmp_path, "run", mode="train")
+    import keras_reptile.run as run_module
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("export read the data")
+
+    monkeypatch.setattr(run_module, "load_tasks", no_data)
+    _run(SINE, tmp_path, "run", mode="export")
+    assert _card(tmp_path / "run_export").meta_iterations == 4

@@ -1,89 +1,135 @@
 """The shipped model zoo: each `saved_models/<name>/<version>` as TF Serving would run it."""
 
-import dataclasses
-import json
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_reptile.config import Config
+from keras_reptile.algorithms import AdamState
 from keras_reptile.data.sources import load_tasks
-from keras_reptile.data.tasks import task_seed
+from keras_reptile.data.streams import task_seeds
 from keras_reptile.export import signatures as sig
+from keras_reptile.export.model_card import ModelCard
+from keras_reptile.run import build_stacked_model
+from keras_reptile.training.evaluator import Evaluator
+from keras_reptile.training.trainer import inner_optimizer
 from tests.conftest import OMNIGLOT_DIR, REPO_ROOT
-from tests.export.helpers import PYTHON_OPS, saved_model_ops
+from tests.export.helpers import PYTHON_OPS, LoadedWithDefaults, saved_model_ops
 
 ZOO = REPO_ROOT / "saved_models"
 VERSIONS = sorted(p for p in ZOO.glob("*/*") if p.name.isdigit())
+IDS = [f"{p.parent.name}/{p.name}" for p in VERSIONS]
+CLASSIFIERS = [p for p in VERSIONS if not ModelCard.read(str(p)).regression]
 TASKS = 20  # new tasks each model adapts to here, through a TF1 Session
+KEY = 12345  # a seed stream of its own: tasks no card number was measured on
 
 
-def card_of(path):
-    return json.loads((path / "assets.extra" / sig.CARD_FILE).read_text())
+def test_the_zoo_ships_one_model_per_recipe():
+    assert {p.parent.name for p in VERSIONS} >= {"sine", "omniglot_5w"}
+    for path in VERSIONS:
+        assert ModelCard.read(str(path)).name == path.parent.name
 
 
-def config_of(card) -> Config:
-    names = {f.name for f in dataclasses.fields(Config)}
-    return Config(**{k: v for k, v in card["config"].items() if k in names})
+@pytest.mark.parametrize("path", VERSIONS, ids=IDS)
+def test_card_lists_every_protocol_measured_on_these_weights(path):
+    card = ModelCard.read(str(path))  # also checks each result was measured at its step
+    assert card.results, "a shipped model carries measured results"
+    for m in card.results:
+        assert m.num_tasks == m.protocol.eval_samples and m.ci95 > 0
+    # The signatures' defaults are a protocol that was measured.
+    adaptations = {m.protocol.adaptation for m in card.results}
+    assert card.default_protocol.adaptation in adaptations
+    if card.name == "omniglot_5w":
+        for shots in (1, 5):
+            for transductive in (False, True):
+                assert card.find(shots=shots, transductive=transductive).num_tasks == 10000
 
 
-def test_the_zoo_ships_its_models():
-    assert {p.parent.name for p in VERSIONS} >= {"sine"}
-
-
-@pytest.mark.parametrize("path", VERSIONS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_card_carries_numbers_measured_on_the_fully_trained_model(path):
-    card = card_of(path)
-    config = config_of(card)
-    assert card["meta_iterations"] == config.meta_iters
-    measured = card["measured"]
-    assert measured["meta_iterations"] == config.meta_iters
-    assert measured["num_tasks"] == config.eval_samples
-    assert measured["protocol"]["shots"] == card["shots"] == config.shots
-    assert measured["protocol"]["eval_iters"] == card["evaluation"]["inner_steps"]
-    protocols = ("mse",) if config.is_regression else ("non_transductive", "transductive")
-    for protocol in protocols:
-        result = measured["test"][protocol]
-        assert result["num_tasks"] == config.eval_samples and result["ci95"] > 0
-
-
-@pytest.mark.parametrize("path", VERSIONS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_tf1_session_adapts_to_new_tasks_as_measured(path):
-    card = card_of(path)
-    config = config_of(card)
-    if config.dataset == "omniglot" and not OMNIGLOT_DIR.exists():
+def _test_tasks(card):
+    if card.recipe.dataset == "omniglot" and not OMNIGLOT_DIR.exists():
         pytest.skip(f"Omniglot not found at {OMNIGLOT_DIR}")
+    _, tasks = load_tasks(card.recipe, None, str(OMNIGLOT_DIR))
+    return tasks
+
+
+@pytest.mark.parametrize("path", VERSIONS, ids=IDS)
+def test_tf1_session_adapts_to_new_tasks_as_measured(path):
+    card = ModelCard.read(str(path))
     assert not saved_model_ops(path) & PYTHON_OPS
-    _, test_tasks = load_tasks(config, str(OMNIGLOT_DIR))
-    spec = sig.signature_specs(tuple(card["input_shape"]), config.is_regression)
-    spec = spec[sig.ADAPT_AND_PREDICT]
-    tasks = [_sample(test_tasks, config, i) for i in range(TASKS)]
-    scores = []
+    tasks = _test_tasks(card)
+    spec = sig.signature_specs(card.input_shape, card.regression)[sig.ADAPT_AND_PREDICT]
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path))
         sdef = meta.signature_def[sig.ADAPT_AND_PREDICT]
         output = sdef.outputs[spec.outputs[0]].name  # logits or predictions
-        for task in tasks:
-            # Only the required inputs: the SignatureDef's defaults are the card's protocol.
-            feeds = {
-                sdef.inputs[inp.key].name: value for inp, value in zip(spec.inputs[:3], task[:3])
-            }
-            out = sess.run(output, feeds)
-            if config.is_regression:
-                scores.append(np.mean((out - task[3]) ** 2))
+        for measured in [m for m in card.results if m.split == "test"]:
+            if measured.protocol.transductive:
+                continue
+            scores = []
+            for task in _sample(tasks, card, measured.protocol, TASKS):
+                # Only the required inputs: the SignatureDef's defaults are the card's protocol.
+                feeds = {sdef.inputs[i.key].name: v for i, v in zip(spec.inputs[:3], task[:3])}
+                out = sess.run(output, feeds)
+                if card.regression:
+                    scores.append(np.mean((out - task[3]) ** 2))
+                else:
+                    scores.append(np.mean(np.argmax(out, -1) == task[3]))
+            if card.regression:
+                assert np.mean(scores) < 3 * measured.mean + 0.1, scores
             else:
-                scores.append(np.mean(np.argmax(out, -1) == task[3]))
-    measured = card["measured"]["test"]
-    if config.is_regression:
-        assert np.mean(scores) < 3 * measured["mse"]["mean"] + 0.1, scores
-    else:
-        # 20 tasks x `ways` queries: far more than 15 points below the measured mean is a bug.
-        assert np.mean(scores) > measured["non_transductive"]["mean"] - 0.15, scores
+                # 20 tasks x `ways` queries: far more than 15 points below the mean is a bug.
+                assert np.mean(scores) > measured.mean - 0.15, (measured, scores)
 
 
-def _sample(tasks, config, index):
-    """A new test task as numpy arrays: support x, support y, query x, query y."""
-    queries = config.eval_queries if config.is_regression else 1
-    task = tasks.sample(task_seed(12345, index), config.classes, config.shots, queries)
-    return [np.asarray(t) for t in task]
+def _sample(tasks, card, protocol, count):
+    """New test tasks as numpy arrays: support x, support y, query x, query y."""
+    queries = protocol.eval_queries if card.regression else 1
+    seeds = task_seeds(KEY, tf.range(count))
+    return [
+        [np.asarray(t) for t in tasks.sample(s, card.ways, protocol.shots, queries)]
+        for s in tf.unstack(seeds)
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "path", CLASSIFIERS, ids=[f"{p.parent.name}/{p.name}" for p in CLASSIFIERS]
+)
+def test_served_answers_equal_the_evaluators_on_100_tasks(path):
+    card = ModelCard.read(str(path))
+    tasks = _test_tasks(card)
+    loaded = LoadedWithDefaults(path)
+    model = build_stacked_model(card.recipe, card.input_shape)
+    evaluator = Evaluator(
+        model, inner_optimizer(card.recipe), card.default_protocol, ways=card.ways
+    )
+    weights = [w.read_value() for w in loaded.weights]
+    state = AdamState(loaded.adam_step.read_value(), tuple(v.read_value() for v in loaded.adam_v))
+    support_x, support_y, query_x, _, _ = evaluator.sample(tasks, task_seeds(KEY, tf.range(100)))
+    seeds = tf.constant([sig.SERVING_BATCH_SEED] * 100, tf.int64)
+    expected = tf.function(evaluator.adapt_and_predict)(
+        weights, state, support_x, support_y, query_x, seeds, (False, True)
+    )
+    worst = 0.0
+    for transductive, logits in zip((False, True), expected):
+        probabilities = tf.nn.softmax(logits).numpy()
+        for t in range(100):
+            served = loaded.signatures[sig.ADAPT_AND_PREDICT](
+                support_images=support_x[t],
+                support_labels=support_y[t],
+                query_images=query_x[t],
+                transductive=tf.constant(transductive),
+            )
+            np.testing.assert_array_equal(served[sig.CLASSES], probabilities[t].argmax(-1))
+            worst = max(worst, np.abs(served[sig.PROBABILITIES] - probabilities[t]).max())
+        # The multi-task signature, ten tasks a request.
+        for start in range(0, 100, 10):
+            part = slice(start, start + 10)
+            served = loaded.signatures[sig.ADAPT_AND_PREDICT_TASKS](
+                support_images=support_x[part],
+                support_labels=support_y[part],
+                query_images=query_x[part],
+                transductive=tf.constant(transductive),
+            )
+            np.testing.assert_array_equal(served[sig.CLASSES], probabilities[part].argmax(-1))
+            worst = max(worst, np.abs(served[sig.PROBABILITIES] - probabilities[part]).max())
+    assert worst <= 1e-5, worst

@@ -1,12 +1,13 @@
-"""Inner loop, inner optimizers, the Reptile / FOMAML updates, and the stacked fast path."""
+"""The stacked network, the inner loop, the inner optimizers and the Reptile / FOMAML updates."""
 
-from keras_reptile.algorithms.functional import FunctionalModel
 from keras_reptile.algorithms.inner_loop import (
-    adapt,
+    adapt_tasks,
+    group_sizes,
     inner_loop,
     minibatch_indices,
-    predict_queries,
+    predict_tasks,
     sgd_step,
+    stack_state,
 )
 from keras_reptile.algorithms.inner_optimizers import AdamState, InnerOptimizer
 from keras_reptile.algorithms.reptile import (
@@ -17,36 +18,25 @@ from keras_reptile.algorithms.reptile import (
     task_batches,
     task_update,
 )
-from keras_reptile.algorithms.stacked import (
-    StackedModel,
-    adapt_tasks,
-    group_sizes,
-    predict_tasks,
-    stack,
-    stack_state,
-    supports,
-)
+from keras_reptile.algorithms.stacked import StackedModel, check_supported, stack
 
 __all__ = [
-    "group_sizes",
     "AdamState",
-    "FunctionalModel",
     "InnerOptimizer",
     "StackedModel",
     "TaskBatches",
-    "adapt",
     "adapt_tasks",
+    "check_supported",
+    "group_sizes",
     "inner_loop",
     "meta_step_size",
     "meta_update",
     "minibatch_indices",
-    "predict_queries",
     "predict_tasks",
     "sgd_step",
     "stack",
     "stack_batches",
     "stack_state",
-    "supports",
     "task_batches",
     "task_update",
 ]

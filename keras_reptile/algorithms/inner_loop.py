@@ -1,7 +1,7 @@
-"""The inner loop: k optimizer steps on one task's mini-batches, as a pure function of tensors.
+"""The inner loop on stacked tasks: k optimizer steps on each task's mini-batches, pure functions.
 
-Meta-training, the evaluator and the exported `adapt_and_predict` signature all adapt through
-`adapt` / `inner_loop`, so a served answer is computed exactly as the evaluator computes it.
+Meta-training, the evaluator and every serving signature adapt through `adapt_tasks` and answer
+through `predict_tasks`; a single task is a stack of one.
 """
 
 from __future__ import annotations
@@ -10,14 +10,33 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from keras_reptile.algorithms.functional import FunctionalModel
 from keras_reptile.algorithms.inner_optimizers import InnerOptimizer
+from keras_reptile.algorithms.stacked import StackedModel, stack
 
 
 class InnerLoopResult(NamedTuple):
     weights: list[tf.Tensor]
     state: object  # AdamState or () for SGD
-    mean_loss: tf.Tensor
+    mean_loss: tf.Tensor  # per step, summed over tasks
+
+
+def group_sizes(num_tasks: int, groups: int) -> list[int]:
+    """Sizes of at most `groups` near-equal, non-empty, contiguous groups of `num_tasks` tasks.
+
+    Independent groups run concurrently on TensorFlow's inter-op thread pool: on a few cores,
+    two single-threaded stacked networks beat one network whose small kernels are split across
+    the cores (benchmarks/meta_step.py).
+    """
+    groups = max(1, min(groups, num_tasks))
+    bounds = [round(i * num_tasks / groups) for i in range(groups + 1)]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def stack_state(state, num_tasks):
+    """Gives every task its own copy of the carried optimizer statistics (the step is shared)."""
+    if not state:
+        return state
+    return type(state)(state.step, tuple(stack(list(state.v), num_tasks)))
 
 
 def minibatch_indices(seed: tf.Tensor, num_examples, batch_size, num_batches) -> tf.Tensor:
@@ -39,18 +58,19 @@ def minibatch_indices(seed: tf.Tensor, num_examples, batch_size, num_batches) ->
     return tf.reshape(tf.cast(order, tf.int32), tf.stack([num_batches, batch_size]))
 
 
-def sgd_step(fmodel: FunctionalModel, optimizer: InnerOptimizer, weights, state, x, y, lr):
-    """One inner update on the batch `(x, y)`. Returns `(weights, state, loss)`."""
+def sgd_step(model: StackedModel, optimizer: InnerOptimizer, weights, state, x, y, lr):
+    """One inner update of every task on its batch `(x, y)`. Returns `(weights, state, loss)`."""
     with tf.GradientTape() as tape:
         tape.watch(weights)
-        loss = fmodel.loss(weights, x, y)
-    grads = tape.gradient(loss, weights)
+        loss = model.loss(weights, x, y)
+    # A weight that changes no output (a bias BatchNorm cancels) has a zero gradient.
+    grads = tape.gradient(loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     weights, state = optimizer.apply(weights, grads, state, lr)
     return weights, state, loss
 
 
 def inner_loop(
-    fmodel: FunctionalModel,
+    model: StackedModel,
     optimizer: InnerOptimizer,
     weights: list[tf.Tensor],
     state,
@@ -63,36 +83,38 @@ def inner_loop(
     """Takes one step per leading entry of `batches_x` / `batches_y`.
 
     Args:
-        fmodel: FunctionalModel. The network as a function of its weights.
+        model: StackedModel. The tasks' networks as a function of their stacked weights.
         optimizer: InnerOptimizer. Adam (beta1=0) or SGD.
-        weights: list of tensors. Starting point (the meta-initialization).
-        state: the optimizer's starting state (carried Adam statistics or `()`).
-        batches_x: tensor `[steps, batch, ...]`.
-        batches_y: tensor `[steps, batch, ...]`.
+        weights: list of tensors `[T, ...]`. Starting point.
+        state: the optimizer's starting state (stacked Adam statistics or `()`).
+        batches_x: tensor `[steps, T, batch, ...]`, or with `examples`, indices `[T, steps,
+            batch]` into them.
+        batches_y: tensor `[steps, T, batch, ...]` (ignored with `examples`).
         lr: float or scalar tensor. Inner step size.
         unroll: bool. Trace a Python loop (needs a static step count) instead of `tf.while_loop`.
-        examples: optional `(x, y)`. If given, `batches_x` and `batches_y` hold indices into them
-            and each step gathers its own batch (with `tf.while_loop`), so memory does not grow
-            with the number of steps.
+        examples: optional `(x [T, S, ...], y [T, S, ...])`. Each step then gathers its own
+            batches inside the loop, so memory does not grow with the number of steps.
     """
     weights = list(weights)
-    if unroll and examples is None:
+
+    def batch(i):
+        if examples is None:
+            return batches_x[i], batches_y[i]
+        idx = batches_x[:, i]
+        return (tf.gather(e, idx, batch_dims=1) for e in examples)
+
+    if unroll:
         total = tf.constant(0.0)
-        steps = batches_x.shape[0]
+        steps = batches_x.shape[0 if examples is None else 1]
         for i in range(steps):
-            weights, state, loss = sgd_step(
-                fmodel, optimizer, weights, state, batches_x[i], batches_y[i], lr
-            )
+            weights, state, loss = sgd_step(model, optimizer, weights, state, *batch(i), lr)
             total += loss
         return InnerLoopResult(weights, state, total / max(steps, 1))
 
-    steps = tf.shape(batches_x)[0]
+    steps = tf.shape(batches_x)[0 if examples is None else 1]
 
     def body(i, w, s, total):
-        x, y = batches_x[i], batches_y[i]
-        if examples is not None:  # the batches are indices into the examples
-            x, y = tf.gather(examples[0], x), tf.gather(examples[1], y)
-        w, s, loss = sgd_step(fmodel, optimizer, list(w), s, x, y, lr)
+        w, s, loss = sgd_step(model, optimizer, list(w), s, *batch(i), lr)
         return i + 1, tuple(w), s, total + loss
 
     _, weights, state, total = tf.while_loop(
@@ -101,8 +123,8 @@ def inner_loop(
     return InnerLoopResult(list(weights), state, total / tf.cast(tf.maximum(steps, 1), tf.float32))
 
 
-def adapt(
-    fmodel: FunctionalModel,
+def adapt_tasks(
+    model: StackedModel,
     optimizer: InnerOptimizer,
     weights: list[tf.Tensor],
     state,
@@ -111,34 +133,44 @@ def adapt(
     lr,
     num_steps,
     batch_size,
-    seed: tf.Tensor,
+    seeds: tf.Tensor,
 ) -> list[tf.Tensor]:
-    """Fine-tunes `weights` on a support set for `num_steps` mini-batch steps."""
-    indices = minibatch_indices(seed, tf.shape(support_x)[0], batch_size, num_steps)
+    """Fine-tunes `T` tasks from stacked `weights` on their support sets `[T, S, ...]`.
+
+    Task `t` takes `num_steps` steps on mini-batches of `batch_size` drawn with seed `seeds[t]`
+    (`minibatch_indices`), whatever the other tasks of the stack.
+    """
+    support_x, support_y = tf.convert_to_tensor(support_x), tf.convert_to_tensor(support_y)
+    num_examples = tf.shape(support_x)[1]
+    if seeds.shape[0] == 1:
+        indices = minibatch_indices(seeds[0], num_examples, batch_size, num_steps)[None]
+    else:
+        indices = tf.map_fn(
+            lambda s: minibatch_indices(s, num_examples, batch_size, num_steps),
+            seeds,
+            fn_output_signature=tf.int32,
+        )  # [T, steps, batch]
     result = inner_loop(
-        fmodel, optimizer, weights, state, indices, indices, lr, examples=(support_x, support_y)
+        model, optimizer, weights, state, indices, None, lr, examples=(support_x, support_y)
     )
     return result.weights
 
 
-def predict_queries(
-    fmodel: FunctionalModel,
-    weights: list[tf.Tensor],
-    support_x: tf.Tensor,
-    query_x: tf.Tensor,
-    transductive: bool,
+def predict_tasks(
+    model: StackedModel, weights, support_x, query_x, transductive: bool
 ) -> tf.Tensor:
-    """Outputs for each query.
+    """Outputs `[T, Q, outputs]` for each task's queries `[T, Q, ...]`.
 
-    Transductive: all queries in one batch. Otherwise, as the paper: each query is run in a batch
-    with the support set, so BatchNorm's statistics never see another query.
+    Transductive: all of a task's queries in one batch. Otherwise, as the paper: every (task,
+    query) pair becomes a network of its own, run on the task's support set plus that one query,
+    so BatchNorm's statistics never see another query.
     """
-    if transductive or not fmodel.uses_batch_statistics:
-        return fmodel(weights, query_x)
-
-    def one(query):
-        return fmodel(weights, tf.concat([support_x, query[None]], axis=0))[-1]
-
-    return tf.map_fn(
-        one, query_x, fn_output_signature=tf.TensorSpec([fmodel.num_outputs], tf.float32)
-    )
+    support_x, query_x = tf.convert_to_tensor(support_x), tf.convert_to_tensor(query_x)
+    if transductive or not model.uses_batch_statistics:
+        return model(weights, query_x)
+    num_tasks, num_queries = tf.shape(query_x)[0], tf.shape(query_x)[1]
+    pair_weights = [tf.repeat(w, num_queries, axis=0) for w in weights]
+    support = tf.repeat(support_x, num_queries, axis=0)  # [T*Q, S, ...]
+    queries = tf.reshape(query_x, [-1, 1, *query_x.shape[2:]])  # [T*Q, 1, ...]
+    outputs = model(pair_weights, tf.concat([support, queries], axis=1))[:, -1]
+    return tf.reshape(outputs, [num_tasks, num_queries, -1])

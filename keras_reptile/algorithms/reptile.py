@@ -13,9 +13,9 @@ from keras_reptile.algorithms.inner_optimizers import InnerOptimizer
 class TaskBatches(NamedTuple):
     """The inner loop's mini-batches: `inner_iters - 1` head batches, then the last batch."""
 
-    head_x: tf.Tensor  # [inner_iters - 1, batch, ...] (stacked: [inner_iters - 1, T, batch, ...])
+    head_x: tf.Tensor  # one task: [inner_iters - 1, batch, ...]; stacked: [.., T, batch, ...]
     head_y: tf.Tensor
-    last_x: tf.Tensor  # [batch, ...] (stacked: [T, batch, ...])
+    last_x: tf.Tensor  # one task: [batch, ...]; stacked: [T, batch, ...]
     last_y: tf.Tensor
 
 
@@ -66,7 +66,7 @@ def task_batches(
 
 
 def stack_batches(batches: list[TaskBatches]) -> TaskBatches:
-    """Stacks several tasks' batches for a `StackedModel` (task axis after the step axis)."""
+    """Stacks tasks' batches for a `StackedModel` (task axis after the step axis)."""
     return TaskBatches(
         *(tf.stack(parts, axis=1 if i < 2 else 0) for i, parts in enumerate(zip(*batches)))
     )
@@ -83,10 +83,10 @@ def task_update(
     foml: bool = False,
     unroll: bool = True,
 ) -> TaskUpdate:
-    """Trains from `theta` on a task's batches; returns its contribution to the meta-update.
+    """Trains stacked tasks from `theta`; returns each one's contribution to the meta-update.
 
-    Per-replica maths: no variable is read or written. `model` is a `FunctionalModel` (one task)
-    or a `StackedModel` (`theta`, `state` and `batches` carry a task axis).
+    Per-replica maths: no variable is read or written. `theta`, `state` and `batches` carry a task
+    axis (`stack`, `stack_state`, `stack_batches`).
     """
     head = inner_loop(
         model, optimizer, theta, state, batches.head_x, batches.head_y, lr, unroll=unroll

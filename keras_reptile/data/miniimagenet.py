@@ -18,9 +18,9 @@ import pathlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image
 
 from keras_reptile.data.base import ClassImages, EpisodicSplits
+from keras_reptile.data.preprocessing import read_rgb
 
 SPLITS = ("train", "val", "test")
 EXPECTED_CLASSES = (64, 16, 20)
@@ -108,7 +108,7 @@ def load_miniimagenet_split(
 
     def decode(flat_index: int) -> None:
         c, i = divmod(flat_index, per_class)
-        images[c, i] = _read_rgb(files[wnids[c]][i], image_size)
+        images[c, i] = read_rgb(files[wnids[c]][i], image_size)
 
     with ThreadPoolExecutor(num_workers) as pool:
         list(pool.map(decode, range(len(wnids) * per_class)))  # list() re-raises errors.
@@ -157,11 +157,3 @@ def _list_csv_split(root: pathlib.Path, csv_path: pathlib.Path) -> dict[str, lis
     for name, wnid in rows:
         files.setdefault(wnid, []).append(image_dir / name)
     return {wnid: sorted(paths) for wnid, paths in files.items()}
-
-
-def _read_rgb(path: pathlib.Path, image_size: int) -> np.ndarray:
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        if image.size != (image_size, image_size):
-            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)

@@ -22,10 +22,11 @@ import numpy as np
 from PIL import Image
 
 from keras_reptile.data.base import ClassImages, EpisodicSplits
+from keras_reptile.data.preprocessing import OMNIGLOT_IMAGE_SIZE, omniglot_bits
 
 SOURCES = ("local", "tfds")
 IMAGES_PER_CHARACTER = 20
-IMAGE_SIZE = 28
+IMAGE_SIZE = OMNIGLOT_IMAGE_SIZE
 ROTATIONS = (0, 90, 180, 270)
 _SETS = ("images_background", "images_evaluation")
 
@@ -114,14 +115,6 @@ def split_characters(
     return EpisodicSplits(train=train, test=test)
 
 
-def to_28x28_bits(image: Image.Image) -> np.ndarray:
-    """Resizes an Omniglot image as the official code does and returns 0/1 uint8 `[28, 28]`."""
-    if image.mode != "1":
-        image = Image.fromarray(np.asarray(image.convert("L")) > 127)
-    # Pillow always resamples mode "1" images with NEAREST.
-    return np.asarray(image.resize((IMAGE_SIZE, IMAGE_SIZE)), dtype=np.uint8)
-
-
 def _read_local(data_dir: str) -> tuple[list[str], np.ndarray]:
     """Reads all characters from zips or folders, sorted by alphabet then character name."""
     root = pathlib.Path(data_dir)
@@ -136,7 +129,7 @@ def _read_local(data_dir: str) -> tuple[list[str], np.ndarray]:
             _check_image_count("/".join(key), len(files), data_dir)
             for j, (_, read) in enumerate(files):
                 with Image.open(io.BytesIO(read())) as image:
-                    images[i, j] = to_28x28_bits(image)
+                    images[i, j] = omniglot_bits(image)
     return [f"{alphabet}/{char}" for alphabet, char in keys], images
 
 
@@ -228,7 +221,7 @@ def _read_tfds(data_dir: str, manual_dir: str | None) -> tuple[list[str], np.nda
     for example in tfds.as_numpy(dataset):
         key = (int(example["alphabet"]), int(example["alphabet_char_id"]))
         bits = Image.fromarray(example["image"][..., 0] > 127)
-        by_character.setdefault(key, []).append(to_28x28_bits(bits))
+        by_character.setdefault(key, []).append(omniglot_bits(bits))
 
     if not by_character:
         raise ValueError(f"tfds returned no Omniglot examples. Received: data_dir={data_dir}")

@@ -24,11 +24,6 @@ class Task(NamedTuple):
     query_y: tf.Tensor
 
 
-def task_seed(seed: int, index) -> tf.Tensor:
-    """The stateless seed of task number `index` of the stream `seed`."""
-    return tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)])
-
-
 class ClassificationTasks:
     """N-way tasks drawn from in-memory class images.
 
@@ -36,10 +31,11 @@ class ClassificationTasks:
         split: ClassImages. The classes to draw from.
 
     Example:
-    >>>     >>> from keras_reptile.data.base import ClassImages
+    >>> from keras_reptile.data.base import ClassImages
+    >>> from keras_reptile.data.streams import task_seeds
     >>> images = np.zeros([10, 4, 28, 28, 1], np.uint8)
     >>> tasks = ClassificationTasks(ClassImages(images, 1.0, [str(i) for i in range(10)]))
-    >>> task = tasks.sample(task_seed(0, 0), ways=5, shots=2, queries=1)
+    >>> task = tasks.sample(task_seeds(0, [0])[0], ways=5, shots=2, queries=1)
     >>> task.support_x.shape, task.query_y.numpy().tolist()
     (TensorShape([10, 28, 28, 1]), [0, 1, 2, 3, 4])
     """

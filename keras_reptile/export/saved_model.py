@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
@@ -14,42 +13,45 @@ import tensorflow as tf
 from keras_reptile import __version__
 from keras_reptile.algorithms import (
     AdamState,
-    FunctionalModel,
     InnerOptimizer,
-    adapt,
-    predict_queries,
+    StackedModel,
+    adapt_tasks,
+    predict_tasks,
+    stack,
+    stack_state,
 )
+from keras_reptile.config import Protocol
 from keras_reptile.export import signatures as sig
+from keras_reptile.export.model_card import ModelCard
 
 
 class ServingModule(tf.Module):
-    """Tracks the raw weight and Adam variables and defines the two serving signatures.
+    """Tracks the raw weight and Adam variables and defines the serving signatures.
 
     Only plain `tf.Variable`s are tracked (never the Keras model, whose SavedModel copies of its
     variables break TF1-Session loading), and nothing ever writes them: adaptation runs on
-    tensors inside a `tf.while_loop`, so concurrent requests cannot disturb each other.
+    tensors inside a `tf.while_loop`, so concurrent requests cannot disturb each other. Every
+    signature runs the stacked implementation; `adapt_and_predict` is a stack of one task.
 
     Args:
-        fmodel: FunctionalModel. The architecture.
+        model: StackedModel. The architecture.
         weights: list of arrays. The meta-initialization.
         optimizer: InnerOptimizer. The inner optimizer used at evaluation.
         adam_step, adam_v: the carried Adam statistics (ignored for SGD).
+        protocol: Protocol. What the optional inputs default to.
         ways: int. Classes per task (1 for regression).
-        inner_steps, learning_rate, batch_size: the preset's evaluation settings (the defaults).
     """
 
     def __init__(
         self,
-        fmodel: FunctionalModel,
+        model: StackedModel,
         weights,
         optimizer: InnerOptimizer,
         adam_step,
         adam_v,
         *,
+        protocol: Protocol,
         ways: int,
-        inner_steps: int,
-        learning_rate: float,
-        batch_size: int,
     ):
         super().__init__(name="reptile_serving")
         self.weights = [
@@ -60,104 +62,152 @@ class ServingModule(tf.Module):
             tf.Variable(v, trainable=False, name=f"adam_v_{i}") for i, v in enumerate(adam_v)
         ]
         # Plain attributes: not tracked, so the Keras model is not part of the SavedModel.
-        self.__dict__["_fmodel"] = fmodel
+        self.__dict__["_model"] = model
         self.__dict__["_optimizer"] = optimizer
-        self.ways, self.batch_size = ways, batch_size
-        self.specs = sig.signature_specs(fmodel.input_shape, fmodel.regression)
-        self._default_steps = tf.constant(inner_steps, tf.int32)
-        self._default_lr = tf.constant(learning_rate, tf.float32)
+        self.ways, self.protocol = ways, protocol
+        self.specs = sig.signature_specs(model.input_shape, model.regression)
         self.__dict__["serving_signatures"] = self._build_signatures()
 
-    def _state(self):
+    def _initialization(self, num_tasks):
+        weights = stack([w.read_value() for w in self.weights], num_tasks)
         if self._optimizer.kind == "sgd":
-            return ()
-        return AdamState(self.adam_step.read_value(), tuple(v.read_value() for v in self.adam_v))
+            return weights, ()
+        state = AdamState(self.adam_step.read_value(), tuple(v.read_value() for v in self.adam_v))
+        return weights, stack_state(state, num_tasks)
 
-    def _adapt(self, support_x, support_y, inner_steps, learning_rate):
+    def _adapt_and_predict(self, support_x, support_y, query_x, steps, batch, lr, transductive):
+        """Outputs `[T, Q, outputs]` for `T` tasks `[T, S, ...]`, `[T, S]`, `[T, Q, ...]`."""
+        shape = tf.shape(support_x)
         checks = [
-            tf.debugging.assert_greater(
-                tf.shape(support_x)[0], 0, message="the support set is empty"
-            ),
+            tf.debugging.assert_greater(shape[0], 0, message="no task was sent"),
+            tf.debugging.assert_greater(shape[1], 0, message="the support set is empty"),
             tf.debugging.assert_equal(
-                tf.shape(support_x)[0],
-                tf.shape(support_y)[0],
+                shape[:2],
+                tf.shape(support_y)[:2],
                 message="support inputs and their labels/targets differ in count",
             ),
-            tf.debugging.assert_non_negative(inner_steps, message="inner_steps must be >= 0"),
-            tf.debugging.assert_all_finite(learning_rate, message="learning_rate must be finite"),
+            tf.debugging.assert_equal(
+                shape[0], tf.shape(query_x)[0], message="support and query task counts differ"
+            ),
+            tf.debugging.assert_non_negative(steps, message="inner_steps must be >= 0"),
+            tf.debugging.assert_positive(batch, message="inner_batch_size must be >= 1"),
+            tf.debugging.assert_all_finite(lr, message="learning_rate must be finite"),
         ]
+        if not self._model.regression:
+            checks += [
+                tf.debugging.assert_non_negative(support_y, message="labels must be >= 0"),
+                tf.debugging.assert_less(
+                    support_y, self.ways, message=f"labels must be < {self.ways}"
+                ),
+            ]
+        num_tasks = 1 if support_x.shape[0] == 1 else shape[0]
         with tf.control_dependencies(checks):
-            weights = [tf.identity(w.read_value()) for w in self.weights]
-        return adapt(
-            self._fmodel,
-            self._optimizer,
-            weights,
-            self._state(),
-            support_x,
-            support_y,
-            learning_rate,
-            inner_steps,
-            self.batch_size,
-            tf.constant(sig.SERVING_BATCH_SEED, tf.int64),
+            weights, state = self._initialization(num_tasks)
+        seeds = tf.tile(tf.constant([sig.SERVING_BATCH_SEED], tf.int64), [shape[0], 1])
+        if support_x.shape[0] == 1:
+            seeds = tf.constant([sig.SERVING_BATCH_SEED], tf.int64)
+        model = self._model
+        adapted = adapt_tasks(
+            model, self._optimizer, weights, state, support_x, support_y, lr, steps, batch, seeds
         )
+        if model.regression or not model.uses_batch_statistics:
+            return predict_tasks(model, adapted, support_x, query_x, True)
+        return tf.cond(
+            transductive,
+            lambda: predict_tasks(model, adapted, support_x, query_x, True),
+            lambda: predict_tasks(model, adapted, support_x, query_x, False),
+        )
+
+    def _outputs(self, outputs: tf.Tensor) -> dict:
+        if self._model.regression:
+            return {sig.PREDICTIONS: outputs}
+        return {
+            sig.LOGITS: outputs,
+            sig.PROBABILITIES: tf.nn.softmax(outputs),
+            sig.CLASSES: tf.argmax(outputs, axis=-1),
+        }
 
     def _build_signatures(self) -> dict:
         specs = {name: [i.tensor_spec() for i in s.inputs] for name, s in self.specs.items()}
-        fmodel = self._fmodel
-        steps, lr = self._default_steps, self._default_lr
-        if fmodel.regression:
+        p = self.protocol
+        steps = tf.constant(p.eval_iters, tf.int32)
+        batch = tf.constant(p.eval_batch, tf.int32)
+        lr = tf.constant(p.learning_rate, tf.float32)
+        transductive = tf.constant(p.transductive)
+
+        def one_task(outputs):
+            return {k: v[0] for k, v in outputs.items()}
+
+        def run(support_x, support_y, query_x, steps, batch, lr, transductive, tasks):
+            if not tasks:
+                support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
+            outputs = self._outputs(
+                self._adapt_and_predict(
+                    support_x, support_y, query_x, steps, batch, lr, transductive
+                )
+            )
+            return outputs if tasks else one_task(outputs)
+
+        def default(x):
+            weights, _ = self._initialization(1)
+            return one_task(self._outputs(self._model(weights, x[None])))
+
+        # Argument names are the inputs' keys; a tensor default makes the input optional (a
+        # PlaceholderWithDefault in the graph, a default in the SignatureDef).
+        if self._model.regression:
 
             @tf.function(input_signature=specs[sig.SERVING_DEFAULT])
             def serving_default(inputs):
-                return {sig.PREDICTIONS: fmodel([w.read_value() for w in self.weights], inputs)}
+                return default(inputs)
 
-            @tf.function(input_signature=specs[sig.ADAPT_AND_PREDICT])
-            def adapt_and_predict(
-                support_inputs, support_targets, query_inputs, inner_steps=steps, learning_rate=lr
-            ):
-                adapted = self._adapt(support_inputs, support_targets, inner_steps, learning_rate)
-                return {sig.PREDICTIONS: fmodel(adapted, query_inputs)}
+            def adapt(tasks):
+                def fn(
+                    support_inputs,
+                    support_targets,
+                    query_inputs,
+                    inner_steps=steps,
+                    inner_batch_size=batch,
+                    learning_rate=lr,
+                ):
+                    return run(
+                        support_inputs, support_targets, query_inputs, inner_steps,
+                        inner_batch_size, learning_rate, False, tasks,
+                    )  # fmt: skip
+
+                return fn
 
         else:
-            ways = self.ways
-
-            def outputs(logits):
-                return {
-                    sig.LOGITS: logits,
-                    sig.PROBABILITIES: tf.nn.softmax(logits),
-                    sig.CLASSES: tf.argmax(logits, axis=-1),
-                }
 
             @tf.function(input_signature=specs[sig.SERVING_DEFAULT])
             def serving_default(images):
-                return outputs(fmodel([w.read_value() for w in self.weights], images))
+                return default(images)
 
-            @tf.function(input_signature=specs[sig.ADAPT_AND_PREDICT])
-            def adapt_and_predict(
-                support_images,
-                support_labels,
-                query_images,
-                inner_steps=steps,
-                learning_rate=lr,
-                transductive=tf.constant(False),  # noqa: B008 (a tensor default is a signature default)
-            ):
-                label_checks = [
-                    tf.debugging.assert_non_negative(support_labels, message="labels must be >= 0"),
-                    tf.debugging.assert_less(
-                        support_labels, ways, message=f"labels must be < {ways}"
-                    ),
-                ]
-                with tf.control_dependencies(label_checks):
-                    support_labels = tf.identity(support_labels)
-                adapted = self._adapt(support_images, support_labels, inner_steps, learning_rate)
-                logits = tf.cond(
-                    transductive,
-                    lambda: predict_queries(fmodel, adapted, support_images, query_images, True),
-                    lambda: predict_queries(fmodel, adapted, support_images, query_images, False),
-                )
-                return outputs(logits)
+            def adapt(tasks):
+                def fn(
+                    support_images,
+                    support_labels,
+                    query_images,
+                    inner_steps=steps,
+                    inner_batch_size=batch,
+                    learning_rate=lr,
+                    transductive=transductive,
+                ):
+                    return run(
+                        support_images, support_labels, query_images, inner_steps,
+                        inner_batch_size, learning_rate, transductive, tasks,
+                    )  # fmt: skip
 
-        return {sig.SERVING_DEFAULT: serving_default, sig.ADAPT_AND_PREDICT: adapt_and_predict}
+                return fn
+
+        adapt_and_predict = tf.function(adapt(False), input_signature=specs[sig.ADAPT_AND_PREDICT])
+        adapt_and_predict_tasks = tf.function(
+            adapt(True), input_signature=specs[sig.ADAPT_AND_PREDICT_TASKS]
+        )
+        return {
+            sig.SERVING_DEFAULT: serving_default,
+            sig.ADAPT_AND_PREDICT: adapt_and_predict,
+            sig.ADAPT_AND_PREDICT_TASKS: adapt_and_predict_tasks,
+        }
 
 
 def _versions(base_dir: str) -> list[int]:
@@ -172,26 +222,35 @@ def next_version(base_dir: str) -> int:
     return max(_versions(base_dir), default=0) + 1
 
 
+def warmup_arrays(spec: sig.SignatureSpec, input_shape, ways: int, seed: int = 0) -> dict:
+    """A valid request's required inputs for `spec`: one example per class (two tasks of them
+    for the multi-task signature)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for inp in spec.inputs:
+        if inp.optional:
+            continue
+        lead = (2,) if inp.tasks else ()
+        if inp.dtype == tf.int32:
+            value = np.broadcast_to(np.arange(ways, dtype=np.int32), lead + (ways,))
+        elif inp.key == sig.SUPPORT_TARGETS:
+            value = rng.normal(size=lead + (ways, 1))
+        else:
+            value = rng.random(lead + (ways, *input_shape))
+        arrays[inp.key] = np.ascontiguousarray(value, inp.dtype.as_numpy_dtype)
+    return arrays
+
+
 def _warmup_records(module: ServingModule, model_name: str) -> list[bytes]:
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    shape = module._fmodel.input_shape
-    rng = np.random.default_rng(0)
     records = []
     for name, spec in module.specs.items():
         request = predict_pb2.PredictRequest(
             model_spec=model_pb2.ModelSpec(name=model_name, signature_name=name)
         )
-        for inp in spec.inputs:
-            if inp.optional:
-                continue
-            if inp.dtype == tf.int32:
-                value = np.arange(module.ways, dtype=np.int32)
-            elif inp.shape == (None, 1) and len(shape) != 1:
-                value = rng.normal(size=(module.ways, 1)).astype(np.float32)
-            else:
-                value = rng.random((module.ways, *shape), dtype=np.float32)
-            request.inputs[inp.key].CopyFrom(tf.make_tensor_proto(value))
+        for key, value in warmup_arrays(spec, module._model.input_shape, module.ways).items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
         log = prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)
         )
@@ -199,12 +258,13 @@ def _warmup_records(module: ServingModule, model_name: str) -> list[bytes]:
     return records
 
 
-def export_saved_model(module: ServingModule, base_dir: str, card: dict, model_name: str) -> str:
+def export_saved_model(module: ServingModule, base_dir: str, card: ModelCard) -> str:
     """Writes `module` to `base_dir/<next version>/` atomically and returns that path.
 
     The export is written beside the versions under a hidden name, checked by reloading it, and
     only then renamed into place, so a half-written or broken export never appears as a version.
     """
+    card = dataclasses.replace(card, package_version=__version__)
     os.makedirs(base_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=base_dir)
     try:
@@ -212,14 +272,16 @@ def export_saved_model(module: ServingModule, base_dir: str, card: dict, model_n
         extra = os.path.join(tmp, "assets.extra")
         os.makedirs(extra, exist_ok=True)
         with open(os.path.join(extra, sig.CARD_FILE), "w") as f:
-            json.dump({**card, "package_version": __version__}, f, indent=2)
+            f.write(card.to_json())
         with tf.io.TFRecordWriter(os.path.join(extra, sig.WARMUP_FILE)) as writer:
-            for record in _warmup_records(module, model_name):
+            for record in _warmup_records(module, card.name):
                 writer.write(record)
         loaded = tf.saved_model.load(tmp)
         missing = set(sig.SIGNATURES) - set(loaded.signatures)
         if missing:
             raise RuntimeError(f"Export check failed: signatures {sorted(missing)} are missing.")
+        if ModelCard.read(tmp) != card:
+            raise RuntimeError("Export check failed: the model card does not read back as written.")
         version = next_version(base_dir)
         final = os.path.join(base_dir, str(version))
         os.rename(tmp, final)
@@ -229,19 +291,31 @@ def export_saved_model(module: ServingModule, base_dir: str, card: dict, model_n
         raise
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ExportedState:
     """What an export holds of a meta-training run: enough to evaluate, re-export or go on."""
 
     path: str
-    card: dict
+    card: ModelCard
     weights: list
     adam_step: float
     adam_v: list
 
     @property
     def meta_iterations(self) -> int:
-        return int(self.card["meta_iterations"])
+        return self.card.meta_iterations
+
+    @property
+    def version(self) -> int:
+        return int(os.path.basename(os.path.normpath(self.path)))
+
+
+def version_dir(path: str) -> str:
+    """`path` if it is a SavedModel version folder, else the largest version folder in it."""
+    versions = _versions(path)
+    if versions and not os.path.exists(os.path.join(path, "saved_model.pb")):
+        return os.path.join(path, str(max(versions)))
+    return path
 
 
 def read_exported_state(path: str) -> ExportedState:
@@ -249,22 +323,14 @@ def read_exported_state(path: str) -> ExportedState:
 
     A base folder (`saved_models/<name>`) means its largest integer version.
     """
-    versions = _versions(path)
-    if versions and not os.path.exists(os.path.join(path, "saved_model.pb")):
-        path = os.path.join(path, str(max(versions)))
-    card_path = os.path.join(path, "assets.extra", sig.CARD_FILE)
-    if not (os.path.exists(os.path.join(path, "saved_model.pb")) and os.path.exists(card_path)):
+    path = version_dir(path)
+    name = os.path.basename(os.path.normpath(path))
+    if not (name.isdigit() and os.path.exists(os.path.join(path, "saved_model.pb"))):
         raise ValueError(
             "Expected a keras-reptile SavedModel version folder (saved_model.pb and "
             f"assets.extra/{sig.CARD_FILE}) or its base folder. Received: path={path!r}"
         )
-    with open(card_path) as f:
-        card = json.load(f)
-    if "meta_iterations" not in card or "config" not in card:
-        raise ValueError(
-            f"{card_path} lacks meta_iterations or config; it was not written by this package's "
-            f"exporter. Received: path={path!r}"
-        )
+    card = ModelCard.read(path)
     loaded = tf.saved_model.load(path)
     if not all(hasattr(loaded, a) for a in ("weights", "adam_step", "adam_v")):
         raise ValueError(

@@ -11,7 +11,8 @@ import tensorflow as tf
 
 SERVING_DEFAULT = "serving_default"
 ADAPT_AND_PREDICT = "adapt_and_predict"
-SIGNATURES = (SERVING_DEFAULT, ADAPT_AND_PREDICT)
+ADAPT_AND_PREDICT_TASKS = "adapt_and_predict_tasks"  # the same with a leading task axis
+SIGNATURES = (SERVING_DEFAULT, ADAPT_AND_PREDICT, ADAPT_AND_PREDICT_TASKS)
 
 # Classification keys.
 IMAGES = "images"
@@ -27,10 +28,12 @@ SUPPORT_INPUTS = "support_inputs"
 SUPPORT_TARGETS = "support_targets"
 QUERY_INPUTS = "query_inputs"
 PREDICTIONS = "predictions"
-# Optional scalar inputs of adapt_and_predict (defaults: the preset's evaluation settings).
+# Optional scalar inputs of the adapt signatures (defaults: the card's default protocol).
 INNER_STEPS = "inner_steps"
+INNER_BATCH_SIZE = "inner_batch_size"
 LEARNING_RATE = "learning_rate"
 TRANSDUCTIVE = "transductive"
+OPTIONAL_SCALARS = (INNER_STEPS, INNER_BATCH_SIZE, LEARNING_RATE, TRANSDUCTIVE)
 
 # Fixed mini-batch seed of served adaptation: the same request always gets the same answer.
 SERVING_BATCH_SEED = (0, 0)
@@ -45,6 +48,7 @@ class InputSpec:
     dtype: tf.DType
     shape: tuple  # None for a free dimension
     optional: bool = False
+    tasks: bool = False  # the first dimension counts tasks, the second examples
 
     def tensor_spec(self) -> tf.TensorSpec:
         return tf.TensorSpec(self.shape, self.dtype, name=self.key)
@@ -61,43 +65,45 @@ class SignatureSpec:
 
 
 def signature_specs(input_shape: tuple[int, ...], regression: bool) -> dict[str, SignatureSpec]:
-    """The two signatures of a model whose single example has shape `input_shape`."""
+    """The signatures of a model whose single example has shape `input_shape`."""
     example = (None, *input_shape)
-    scalars = (
-        InputSpec(INNER_STEPS, tf.int32, (), optional=True),
-        InputSpec(LEARNING_RATE, tf.float32, (), optional=True),
-    )
     if regression:
-        return {
-            SERVING_DEFAULT: SignatureSpec(
-                SERVING_DEFAULT, (InputSpec(INPUTS, tf.float32, example),), (PREDICTIONS,)
-            ),
-            ADAPT_AND_PREDICT: SignatureSpec(
-                ADAPT_AND_PREDICT,
-                (
-                    InputSpec(SUPPORT_INPUTS, tf.float32, example),
-                    InputSpec(SUPPORT_TARGETS, tf.float32, (None, 1)),
-                    InputSpec(QUERY_INPUTS, tf.float32, example),
-                    *scalars,
-                ),
-                (PREDICTIONS,),
-            ),
-        }
-    return {
-        SERVING_DEFAULT: SignatureSpec(
+        keys, targets = (SUPPORT_INPUTS, SUPPORT_TARGETS, QUERY_INPUTS), (tf.float32, (None, 1))
+        default = SignatureSpec(
+            SERVING_DEFAULT, (InputSpec(INPUTS, tf.float32, example),), (PREDICTIONS,)
+        )
+        outputs = (PREDICTIONS,)
+    else:
+        keys, targets = (SUPPORT_IMAGES, SUPPORT_LABELS, QUERY_IMAGES), (tf.int32, (None,))
+        default = SignatureSpec(
             SERVING_DEFAULT,
             (InputSpec(IMAGES, tf.float32, example),),
             (LOGITS, PROBABILITIES, CLASSES),
-        ),
-        ADAPT_AND_PREDICT: SignatureSpec(
-            ADAPT_AND_PREDICT,
+        )
+        outputs = (LOGITS, PROBABILITIES, CLASSES)
+    scalars = (
+        InputSpec(INNER_STEPS, tf.int32, (), optional=True),
+        InputSpec(INNER_BATCH_SIZE, tf.int32, (), optional=True),
+        InputSpec(LEARNING_RATE, tf.float32, (), optional=True),
+    )
+    if not regression:
+        scalars += (InputSpec(TRANSDUCTIVE, tf.bool, (), optional=True),)
+
+    def adapt(name: str, tasks: bool) -> SignatureSpec:
+        lead = (None,) if tasks else ()
+        return SignatureSpec(
+            name,
             (
-                InputSpec(SUPPORT_IMAGES, tf.float32, example),
-                InputSpec(SUPPORT_LABELS, tf.int32, (None,)),
-                InputSpec(QUERY_IMAGES, tf.float32, example),
+                InputSpec(keys[0], tf.float32, lead + example, tasks=tasks),
+                InputSpec(keys[1], targets[0], lead + targets[1], tasks=tasks),
+                InputSpec(keys[2], tf.float32, lead + example, tasks=tasks),
                 *scalars,
-                InputSpec(TRANSDUCTIVE, tf.bool, (), optional=True),
             ),
-            (LOGITS, PROBABILITIES, CLASSES),
-        ),
+            outputs,
+        )
+
+    return {
+        SERVING_DEFAULT: default,
+        ADAPT_AND_PREDICT: adapt(ADAPT_AND_PREDICT, tasks=False),
+        ADAPT_AND_PREDICT_TASKS: adapt(ADAPT_AND_PREDICT_TASKS, tasks=True),
     }

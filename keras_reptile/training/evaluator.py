@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_reptile.algorithms import (
+    InnerOptimizer,
     StackedModel,
     adapt_tasks,
     group_sizes,
@@ -16,13 +17,10 @@ from keras_reptile.algorithms import (
     stack,
     stack_state,
 )
+from keras_reptile.config import Protocol
+from keras_reptile.data.streams import task_seeds
 
-# Task streams: each purpose draws its tasks from its own seed stream.
-STREAM_TRAIN, STREAM_EVAL_TRAIN, STREAM_EVAL_TEST, STREAM_INTERVAL, STREAM_PLOT = range(5)
-
-
-def stream_seed(seed: int, stream: int) -> int:
-    return seed * 16 + stream
+NON_TRANSDUCTIVE, TRANSDUCTIVE, MSE = "non_transductive", "transductive", "mse"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,20 +45,19 @@ class EvalResult:
 
 
 class Evaluator:
-    """Driver-side: scores an initialization on freshly sampled tasks.
+    """Driver-side: scores an initialization on freshly sampled tasks with one protocol.
 
     Each task starts from the same weights and the same carried inner-optimizer state (the
     official code backs them up and restores them around every test task). Classification
-    scores both protocols from one adaptation: non-transductive (each query predicted in a batch
+    scores both answers from one adaptation: non-transductive (each query predicted in a batch
     with the support set) and transductive (all queries in one batch). Tasks are adapted `chunk`
-    at a time as one stacked network (`algorithms/stacked.py`).
+    at a time, as `groups` stacked networks side by side.
 
     Args:
-        fmodel: FunctionalModel.
+        model: StackedModel.
         optimizer: InnerOptimizer.
-        ways, shots: int. Task size; one query per class is held out.
-        num_steps, batch_size, lr: the inner loop's evaluation settings.
-        queries: int. Query points per regression task.
+        protocol: Protocol. Shots, inner steps, batch and learning rate.
+        ways: int. Classes per task; one query per class is held out.
         chunk: int. Tasks per compiled call.
         groups: int. Each chunk runs as this many stacked networks side by side (4 groups of 5
             tasks adapt 1.8x faster than one group of 20 on two cores with one intra-op thread).
@@ -68,29 +65,23 @@ class Evaluator:
 
     def __init__(
         self,
-        fmodel,
-        optimizer,
+        model: StackedModel,
+        optimizer: InnerOptimizer,
+        protocol: Protocol,
         *,
-        ways,
-        shots,
-        num_steps,
-        batch_size,
-        lr,
-        queries=1,
-        chunk=20,
-        groups=4,
+        ways: int,
+        chunk: int = 20,
+        groups: int = 4,
     ):
-        self.fmodel, self.optimizer = fmodel, optimizer
-        self.stacked = StackedModel(fmodel)
-        self.ways, self.shots = ways, shots
-        self.queries = queries if fmodel.regression else 1
-        self.num_steps, self.batch_size, self.lr = num_steps, batch_size, lr
+        self.model, self.optimizer, self.protocol = model, optimizer, protocol
+        self.ways = ways
+        self.queries = protocol.eval_queries if model.regression else 1
         self.chunk, self.groups = chunk, groups
         self._compiled = {}
 
     def sample(self, tasks, seeds):
         """Samples the tasks of `seeds` `[T, 2]`; returns the stacked task and mini-batch seeds."""
-        ways, shots, queries = self.ways, self.shots, self.queries
+        ways, shots, queries = self.ways, self.protocol.shots, self.queries
 
         def one(seed):
             sample_seed, batch_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -104,21 +95,18 @@ class Evaluator:
             (2,),
         ]
         dtypes = [tf.float32, tf.int32, tf.float32, tf.int32, tf.int64]
-        if self.fmodel.regression:
-            shapes[1], shapes[3], dtypes[1], dtypes[3] = (
-                (shots, 1),
-                (queries, 1),
-                tf.float32,
-                tf.float32,
-            )
+        if self.model.regression:
+            shapes[1], shapes[3] = (shots, 1), (queries, 1)
+            dtypes[1] = dtypes[3] = tf.float32
         signature = tuple(tf.TensorSpec(s, d) for s, d in zip(shapes, dtypes))
         return tf.map_fn(one, seeds, fn_output_signature=signature)
 
     def adapt_and_predict(
-        self, weights, state, support_x, support_y, query_x, batch_seeds, protocols=(False,)
+        self, weights, state, support_x, support_y, query_x, batch_seeds, transductive=(False,)
     ) -> list[tf.Tensor]:
-        """Outputs `[T, Q, outputs]` for `T` stacked tasks, one per protocol in `protocols`
-        (`transductive` flags), after adapting `weights` on each task's support set."""
+        """Outputs `[T, Q, outputs]` of `T` stacked tasks, one per flag in `transductive`, after
+        adapting `weights` on each task's support set with this protocol."""
+        p = self.protocol
         tensors = (support_x, support_y, query_x, batch_seeds)
         num_tasks = support_x.shape[0]
         groups = (
@@ -130,25 +118,25 @@ class Evaluator:
         for sx, sy, qx, seeds in groups:
             size = sx.shape[0] or tf.shape(sx)[0]
             adapted = adapt_tasks(
-                self.stacked,
+                self.model,
                 self.optimizer,
                 stack(weights, size),
                 stack_state(state, size),
                 sx,
                 sy,
-                self.lr,
-                self.num_steps,
-                self.batch_size,
+                p.learning_rate,
+                p.eval_iters,
+                p.eval_batch,
                 seeds,
             )
-            outputs.append([predict_tasks(self.stacked, adapted, sx, qx, t) for t in protocols])
+            outputs.append([predict_tasks(self.model, adapted, sx, qx, t) for t in transductive])
         return [tf.concat(list(outs), axis=0) for outs in zip(*outputs)]
 
     def score(self, tasks, seeds, weights, state) -> tf.Tensor:
         """`[T, 2]` scores of the tasks of `seeds`: accuracy non-transductive and transductive
         (or the query MSE twice, for regression)."""
         support_x, support_y, query_x, query_y, batch_seeds = self.sample(tasks, seeds)
-        if self.fmodel.regression:
+        if self.model.regression:
             (out,) = self.adapt_and_predict(
                 weights, state, support_x, support_y, query_x, batch_seeds, (True,)
             )
@@ -164,9 +152,9 @@ class Evaluator:
         return tf.stack(scores, axis=1)
 
     def evaluate(
-        self, tasks, weights, state, num_tasks: int, stream: int, progress=None
+        self, tasks, weights, state, num_tasks: int, stream_key: int, progress=None
     ) -> dict[str, EvalResult]:
-        """Scores `num_tasks` tasks of `tasks` from seed stream `stream`.
+        """Scores tasks `0 .. num_tasks - 1` of the seed stream `stream_key`.
 
         Returns `{"non_transductive": EvalResult, "transductive": EvalResult}` for
         classification, `{"mse": EvalResult}` for regression.
@@ -178,15 +166,14 @@ class Evaluator:
         scores = []
         for start in range(0, num_tasks, self.chunk):
             # Always a full chunk (one trace); the tasks past num_tasks are dropped.
-            index = tf.range(start, start + self.chunk, dtype=tf.int64)
-            seeds = tf.stack([tf.fill([self.chunk], tf.constant(stream, tf.int64)), index], axis=1)
+            seeds = task_seeds(stream_key, tf.range(start, start + self.chunk))
             scores.append(run(seeds, weights, state).numpy())
             if progress is not None:
                 progress(min(self.chunk, num_tasks - start))
         scores = np.concatenate(scores)[:num_tasks]
-        if self.fmodel.regression:
-            return {"mse": EvalResult.from_scores("mse", scores[:, 0])}
+        if self.model.regression:
+            return {MSE: EvalResult.from_scores("mse", scores[:, 0])}
         return {
-            "non_transductive": EvalResult.from_scores("accuracy", scores[:, 0]),
-            "transductive": EvalResult.from_scores("accuracy", scores[:, 1]),
+            NON_TRANSDUCTIVE: EvalResult.from_scores("accuracy", scores[:, 0]),
+            TRANSDUCTIVE: EvalResult.from_scores("accuracy", scores[:, 1]),
         }

@@ -6,11 +6,13 @@ import pytest
 import tensorflow as tf
 
 from keras_reptile.algorithms import (
-    FunctionalModel,
     InnerOptimizer,
+    StackedModel,
     meta_step_size,
     meta_update,
     minibatch_indices,
+    stack,
+    stack_batches,
     task_batches,
     task_update,
 )
@@ -22,16 +24,17 @@ SEED = tf.constant([1, 2], tf.int64)
 def linear_model(w0=0.5):
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
     model.set_weights([np.array([[w0]], np.float32)])
-    return FunctionalModel(model, regression=True)
+    return StackedModel(model, regression=True)
 
 
-def run_task(fmodel, x, y, foml=False, **kwargs):
+def run_task(model, x, y, foml=False, **kwargs):
+    """One task as a stack of one; returns its update without the task axis."""
     options = dict(inner_batch=2, inner_iters=2)
     options.update(kwargs)
-    batches = task_batches(tf.constant(x), tf.constant(y), SEED, **options)
-    return task_update(
-        fmodel, InnerOptimizer("sgd"), fmodel.initial_weights(), (), batches, lr=0.1, foml=foml
-    )
+    batches = stack_batches([task_batches(tf.constant(x), tf.constant(y), SEED, **options)])
+    theta = stack(model.initial_weights(), 1)
+    update = task_update(model, InnerOptimizer("sgd"), theta, (), batches, lr=0.1, foml=foml)
+    return update._replace(delta=[d[0] for d in update.delta])
 
 
 # Loss = mean((w x - y)^2), so dL/dw = mean(2 (w x - y) x).
@@ -72,16 +75,16 @@ def test_meta_update_and_annealing_by_hand():
 
 
 def test_inner_loop_never_writes_model_variables():
-    fmodel = FunctionalModel(build_model("omniglot_cnn", 3, (28, 28, 1)), regression=False)
-    before = [v.numpy().copy() for v in fmodel.model.variables]
+    model = StackedModel(build_model("omniglot_cnn", 3, (28, 28, 1)), regression=False)
+    before = [v.numpy().copy() for v in model.model.variables]
     x = tf.random.uniform([6, 28, 28, 1])
     y = tf.constant([0, 0, 1, 1, 2, 2])
     opt = InnerOptimizer("adam")
-    theta = fmodel.initial_weights()
-    batches = task_batches(x, y, SEED, inner_batch=3, inner_iters=3)
-    update = task_update(fmodel, opt, theta, opt.init_state(theta), batches, lr=0.01)
+    theta = stack(model.initial_weights(), 1)
+    batches = stack_batches([task_batches(x, y, SEED, inner_batch=3, inner_iters=3)])
+    update = task_update(model, opt, theta, opt.init_state(theta), batches, lr=0.01)
     assert any(np.abs(d.numpy()).max() > 0 for d in update.delta)
-    for v, b in zip(fmodel.model.variables, before):
+    for v, b in zip(model.model.variables, before):
         np.testing.assert_array_equal(v.numpy(), b)
 
 

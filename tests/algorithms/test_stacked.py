@@ -1,4 +1,4 @@
-"""The stacked fast path gives the plain path's numbers, task by task."""
+"""The stacked implementation gives the plain per-task oracle's numbers, task by task."""
 
 import keras
 import numpy as np
@@ -6,13 +6,10 @@ import pytest
 import tensorflow as tf
 
 from keras_reptile.algorithms import (
-    FunctionalModel,
     InnerOptimizer,
     StackedModel,
-    adapt,
     adapt_tasks,
     group_sizes,
-    predict_queries,
     predict_tasks,
     stack,
     stack_batches,
@@ -21,6 +18,7 @@ from keras_reptile.algorithms import (
     task_update,
 )
 from keras_reptile.models import build_model
+from tests import oracle
 
 T = 3
 
@@ -32,12 +30,18 @@ def fixed_initialization():
     keras.utils.set_random_seed(1)
 
 
-def perturbed(fmodel, num_tasks=T, seed=0):
+def both(name, outputs, shape, regression):
+    """The stacked model and the oracle of one Keras model."""
+    model = build_model(name, outputs, shape)
+    return StackedModel(model, regression), oracle.FunctionalModel(model, regression)
+
+
+def perturbed(model, num_tasks=T, seed=0):
     """Stacked weights: the initialization plus a different small perturbation per task."""
     gen = tf.random.Generator.from_seed(seed)
     return [
         tf.stack([w + 0.01 * gen.normal(w.shape) for _ in range(num_tasks)])
-        for w in fmodel.initial_weights()
+        for w in model.initial_weights()
     ]
 
 
@@ -45,6 +49,7 @@ def unstack(weights, t):
     return [w[t] for w in weights]
 
 
+@pytest.mark.parametrize("num_tasks", [T, 1])
 @pytest.mark.parametrize(
     "name, shape, outputs, regression",
     [
@@ -53,13 +58,22 @@ def unstack(weights, t):
         ("sine_mlp", (1,), 1, True),
     ],
 )
-def test_forward_matches_each_task(name, shape, outputs, regression):
-    fmodel = FunctionalModel(build_model(name, outputs, shape), regression)
-    weights = perturbed(fmodel)
-    x = tf.random.uniform([T, 6, *shape])
-    stacked = StackedModel(fmodel)(weights, x)
-    for t in range(T):
-        np.testing.assert_allclose(stacked[t], fmodel(unstack(weights, t), x[t]), atol=2e-5)
+def test_forward_matches_each_task(name, shape, outputs, regression, num_tasks):
+    model, plain = both(name, outputs, shape, regression)
+    weights = perturbed(model, num_tasks)
+    x = tf.random.uniform([num_tasks, 6, *shape])
+    stacked = model(weights, x)
+    for t in range(num_tasks):
+        np.testing.assert_allclose(stacked[t], plain(unstack(weights, t), x[t]), atol=2e-5)
+
+
+def test_a_stack_of_one_has_no_transpose():
+    model, _ = both("omniglot_cnn", 5, (28, 28, 1), False)
+    fn = tf.function(lambda w, x: model(w, x))
+    weights = [tf.TensorSpec([1, *s]) for s in model.weight_shapes]
+    graph = fn.get_concrete_function(weights, tf.TensorSpec([1, None, 28, 28, 1])).graph
+    ops = {op.type for op in graph.get_operations()}
+    assert "Transpose" not in ops and "Conv2D" in ops
 
 
 def classification_tasks(ways=3, per_class=4, seed=1):
@@ -70,29 +84,27 @@ def classification_tasks(ways=3, per_class=4, seed=1):
 
 @pytest.mark.parametrize("foml, foml_tail", [(False, 0), (True, 0), (True, 1)])
 def test_task_update_matches_each_task(foml, foml_tail):
-    fmodel = FunctionalModel(build_model("omniglot_cnn", 3, (28, 28, 1)), regression=False)
+    model, plain = both("omniglot_cnn", 3, (28, 28, 1), False)
     opt = InnerOptimizer("sgd")
-    theta = fmodel.initial_weights()
+    theta = model.initial_weights()
     x, y = classification_tasks()
     seeds = [tf.constant([7, t], tf.int64) for t in range(T)]
     options = dict(inner_batch=4, inner_iters=3, foml_tail=foml_tail, ways=3)
     batches = [task_batches(x[t], y[t], seeds[t], **options) for t in range(T)]
-    fast = task_update(
-        StackedModel(fmodel), opt, stack(theta, T), (), stack_batches(batches), lr=0.05, foml=foml
-    )
+    fast = task_update(model, opt, stack(theta, T), (), stack_batches(batches), lr=0.05, foml=foml)
     loss = 0.0
     for t in range(T):
-        plain = task_update(fmodel, opt, theta, (), batches[t], lr=0.05, foml=foml)
-        loss += float(plain.mean_loss)
-        for a, b in zip(fast.delta, plain.delta):
+        delta, _, mean_loss = oracle.task_update(plain, opt, theta, (), batches[t], 0.05, foml)
+        loss += float(mean_loss)
+        for a, b in zip(fast.delta, delta):
             np.testing.assert_allclose(a[t], b, atol=1e-5)
     assert float(fast.mean_loss) == pytest.approx(loss, rel=1e-5)
 
 
 def test_adam_task_update_carries_per_task_statistics():
-    fmodel = FunctionalModel(build_model("sine_mlp", 1, (1,)), regression=True)
+    model, plain = both("sine_mlp", 1, (1,), True)
     opt = InnerOptimizer("adam")
-    theta = fmodel.initial_weights()
+    theta = model.initial_weights()
     state = opt.init_state(theta)._replace(step=tf.constant(40.0))
     state = state._replace(v=tuple(tf.fill(v.shape, 1e-3) for v in state.v))
     x = tf.random.stateless_uniform([T, 20, 1], [3, 0], -5, 5)
@@ -102,44 +114,78 @@ def test_adam_task_update_carries_per_task_statistics():
         for t in range(T)
     ]
     fast = task_update(
-        StackedModel(fmodel),
-        opt,
-        stack(theta, T),
-        stack_state(state, T),
-        stack_batches(batches),
-        lr=0.01,
+        model, opt, stack(theta, T), stack_state(state, T), stack_batches(batches), lr=0.01
     )
     for t in range(T):
-        plain = task_update(fmodel, opt, theta, state, batches[t], lr=0.01)
-        for a, b in zip(fast.delta, plain.delta):
+        delta, plain_state, _ = oracle.task_update(plain, opt, theta, state, batches[t], 0.01)
+        for a, b in zip(fast.delta, delta):
             np.testing.assert_allclose(a[t], b, atol=1e-6)
-        for a, b in zip(fast.state.v, plain.state.v):
+        for a, b in zip(fast.state.v, plain_state.v):
             np.testing.assert_allclose(a[t], b, rtol=1e-5)
     assert float(fast.state.step) == 44.0
 
 
-def test_adapt_and_predict_match_each_task():
-    fmodel = FunctionalModel(build_model("omniglot_cnn", 3, (28, 28, 1)), regression=False)
-    model = StackedModel(fmodel)
+@pytest.mark.parametrize("num_tasks", [T, 1])
+def test_adapt_and_predict_match_each_task(num_tasks):
+    model, plain = both("omniglot_cnn", 3, (28, 28, 1), False)
     opt = InnerOptimizer("sgd")
     x, y = classification_tasks(per_class=3)
-    support_x, support_y = x[:, :6], y[:, :6]
-    query_x = x[:, 6:]
-    seeds = tf.constant([[5, t] for t in range(T)], tf.int64)
-    adapted = adapt_tasks(
-        model, opt, perturbed(fmodel), (), support_x, support_y, 0.01, 2, 4, seeds
-    )
+    support_x, support_y = x[:num_tasks, :6], y[:num_tasks, :6]
+    query_x = x[:num_tasks, 6:]
+    seeds = tf.constant([[5, t] for t in range(num_tasks)], tf.int64)
+    start = perturbed(model, num_tasks)
+    adapted = adapt_tasks(model, opt, start, (), support_x, support_y, 0.01, 2, 4, seeds)
     for transductive in (False, True):
         fast = predict_tasks(model, adapted, support_x, query_x, transductive)
-        for t in range(T):
-            start = unstack(perturbed(fmodel), t)
-            plain_w = adapt(
-                fmodel, opt, start, (), support_x[t], support_y[t], 0.01, 2, 4, seeds[t]
+        for t in range(num_tasks):
+            plain_w = oracle.adapt(
+                plain, opt, unstack(start, t), (), support_x[t], support_y[t], 0.01, 2, 4, seeds[t]
             )
             for a, b in zip(adapted, plain_w):
                 np.testing.assert_allclose(a[t], b, atol=1e-5)
-            plain = predict_queries(fmodel, plain_w, support_x[t], query_x[t], transductive)
-            np.testing.assert_allclose(fast[t], plain, atol=1e-4)
+            expected = oracle.predict(plain, plain_w, support_x[t], query_x[t], transductive)
+            np.testing.assert_allclose(fast[t], expected, atol=1e-4)
+
+
+def chain(*layers, shape=(8, 8, 1)):
+    return keras.Sequential([keras.Input(shape), *layers])
+
+
+@pytest.mark.parametrize(
+    "layers, what",
+    [
+        (lambda: [keras.layers.Conv2D(2, 3, dilation_rate=2)], "dilation_rate"),
+        (lambda: [keras.layers.Conv2D(2, 3), keras.layers.Conv2D(2, 3, groups=2)], "groups"),
+        (lambda: [keras.layers.Conv2D(2, 3, data_format="channels_first")], "data_format"),
+        (lambda: [keras.layers.Conv2D(2, 3, activation="sigmoid")], "activation"),
+        (lambda: [keras.layers.BatchNormalization(axis=1)], "axis"),
+        (lambda: [keras.layers.BatchNormalization(center=False)], "center=False"),
+        (lambda: [keras.layers.ReLU(max_value=6.0)], "max_value"),
+        (lambda: [keras.layers.Dropout(0.5)], "layer type"),
+        (lambda: [keras.layers.Dense(3)], "Dense on an image"),
+        (lambda: [keras.layers.Flatten(), keras.layers.BatchNormalization()], "after Flatten"),
+    ],
+)
+def test_a_model_it_cannot_compute_is_refused_with_what_is_unsupported(layers, what):
+    model = keras.Sequential([keras.Input((8, 8, 4)), *layers()])
+    with pytest.raises(ValueError, match="cannot compute") as error:
+        StackedModel(model, regression=False)
+    assert what in str(error.value) and "Received:" in str(error.value)
+
+
+def test_an_input_that_is_neither_a_vector_nor_an_image_is_refused():
+    model = keras.Sequential([keras.Input((4, 4)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="Received: input_shape"):
+        StackedModel(model, regression=False)
+
+
+def test_a_branching_model_is_refused():
+    inputs = keras.Input((4,))
+    a = keras.layers.Dense(3)(inputs)
+    b = keras.layers.Dense(3)(inputs)
+    model = keras.Model(inputs, keras.layers.Add()([a, b]))
+    with pytest.raises(ValueError, match="Received:"):
+        StackedModel(model, regression=True)
 
 
 @pytest.mark.parametrize(

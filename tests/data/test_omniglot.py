@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_reptile.data.omniglot import load_omniglot, split_characters, to_28x28_bits
+from keras_reptile.data.omniglot import load_omniglot, split_characters
+from keras_reptile.data.preprocessing import omniglot_bits
 from tests.conftest import OMNIGLOT_DIR, needs_omniglot
 
 # Small alphabets (14 and 20 characters), one from each official set.
@@ -84,7 +85,7 @@ def test_train_classes_are_rotations_of_one_character(real_splits):
 @needs_omniglot
 def test_resize_and_rotation_match_official_pil_pipeline():
     name, data = next(_subset_members("images_evaluation"))
-    bits = to_28x28_bits(Image.open(io.BytesIO(data)))
+    bits = omniglot_bits(Image.open(io.BytesIO(data)))
     assert bits.shape == (28, 28) and bits.dtype == np.uint8
     for angle in (0, 90, 180, 270):
         official = np.array(Image.open(io.BytesIO(data)).resize((28, 28)).rotate(angle))

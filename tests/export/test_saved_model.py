@@ -1,5 +1,6 @@
 """The SavedModel contract: what TensorFlow Serving needs, checked without it."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,41 +11,43 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.saved_model import loader_impl
 
-from keras_reptile.algorithms import FunctionalModel, InnerOptimizer
+from keras_reptile.algorithms import AdamState
+from keras_reptile.config import Protocol
 from keras_reptile.export import signatures as sig
-from keras_reptile.export.saved_model import ServingModule, export_saved_model, next_version
-from keras_reptile.models import build_model
+from keras_reptile.export.model_card import Measurement, ModelCard
+from keras_reptile.export.saved_model import export_saved_model, next_version
 from keras_reptile.training.evaluator import Evaluator
-from tests.export.helpers import PYTHON_OPS, saved_model_ops
+from keras_reptile.training.trainer import inner_optimizer
+from tests.export.helpers import (
+    OMNI_RECIPE,
+    PYTHON_OPS,
+    SINE_RECIPE,
+    LoadedWithDefaults,
+    make_card,
+    make_module,
+    saved_model_ops,
+)
 
 WAYS, SHOTS, STEPS, LR, BATCH = 5, 2, 6, 0.01, 5
-
-
-def make_module():
-    fmodel = FunctionalModel(build_model("omniglot_cnn", WAYS, (28, 28, 1)), regression=False)
-    weights = [w.numpy() for w in fmodel.initial_weights()]
-    rng = np.random.default_rng(0)
-    adam_v = [rng.uniform(1e-6, 1e-3, w.shape).astype(np.float32) for w in weights]
-    module = ServingModule(
-        fmodel,
-        weights,
-        InnerOptimizer("adam"),
-        700.0,
-        adam_v,
-        ways=WAYS,
-        inner_steps=STEPS,
-        learning_rate=LR,
-        batch_size=BATCH,
-    )
-    return fmodel, weights, adam_v, module
+PROTOCOL = Protocol(shots=SHOTS, eval_iters=STEPS, eval_batch=BATCH, learning_rate=LR)
+RESULT = Measurement("test", PROTOCOL, "accuracy", 0.5, 0.1, 10, 0)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    fmodel, weights, adam_v, module = make_module()
+    module = make_module(OMNI_RECIPE, PROTOCOL, adam_step=700.0, random_adam_v=True)
     base = tmp_path_factory.mktemp("saved_models") / "omniglot"
-    path = export_saved_model(module, str(base), {"preset": "test", "ways": WAYS}, "omniglot")
-    return dict(fmodel=fmodel, weights=weights, adam_v=adam_v, module=module, path=path, base=base)
+    card = make_card("omniglot", module, OMNI_RECIPE, [RESULT])
+    path = export_saved_model(module, str(base), card)
+    weights = [w.numpy() for w in module.weights]
+    return dict(
+        module=module,
+        weights=weights,
+        adam_v=[v.numpy() for v in module.adam_v],
+        path=path,
+        base=base,
+        card=card,
+    )
 
 
 def task(seed=0):
@@ -58,8 +61,10 @@ def task(seed=0):
 def test_layout_card_and_warmup(exported):
     assert exported["path"].endswith("/1")
     extra = f"{exported['path']}/assets.extra"
-    card = json.loads(open(f"{extra}/{sig.CARD_FILE}").read())
-    assert card["ways"] == WAYS and "package_version" in card
+    card = ModelCard.read(exported["path"])
+    assert card.ways == WAYS and card.package_version and card.results == (RESULT,)
+    assert card == dataclasses.replace(exported["card"], package_version=card.package_version)
+    assert json.loads(open(f"{extra}/{sig.CARD_FILE}").read())["ways"] == WAYS
     from tensorflow_serving.apis import prediction_log_pb2
 
     records = list(tf.data.TFRecordDataset(f"{extra}/{sig.WARMUP_FILE}").as_numpy_iterator())
@@ -94,7 +99,7 @@ def test_no_python_ops(exported):
 
 def test_tf1_session_runs_every_signature_by_tensor_names(exported):
     support, labels, query = task()
-    loaded = tf.saved_model.load(exported["path"])
+    loaded = LoadedWithDefaults(exported["path"])
     expected = loaded.signatures[sig.ADAPT_AND_PREDICT](
         support_images=support,
         support_labels=labels,
@@ -150,7 +155,7 @@ def test_saved_model_cli_runs_it(exported, tmp_path):
 
 def test_reloaded_predictions_equal_the_in_memory_model(exported):
     support, labels, query = task(1)
-    loaded = tf.saved_model.load(exported["path"])
+    loaded = LoadedWithDefaults(exported["path"])
     mem = exported["module"].serving_signatures
     a = loaded.signatures[sig.SERVING_DEFAULT](images=query)
     b = mem[sig.SERVING_DEFAULT](images=query)
@@ -173,45 +178,91 @@ def test_reloaded_predictions_equal_the_in_memory_model(exported):
 
 
 def test_adapt_and_predict_equals_the_evaluator(exported):
-    support, labels, query = task(2)
-    loaded = tf.saved_model.load(exported["path"])
-    evaluator = Evaluator(
-        exported["fmodel"],
-        InnerOptimizer("adam"),
-        ways=WAYS,
-        shots=SHOTS,
-        num_steps=STEPS,
-        batch_size=BATCH,
-        lr=LR,
-    )
-    from keras_reptile.algorithms import AdamState
-
+    loaded = LoadedWithDefaults(exported["path"])
+    module = exported["module"]
+    evaluator = Evaluator(module._model, inner_optimizer(OMNI_RECIPE), PROTOCOL, ways=WAYS)
     state = AdamState(tf.constant(700.0), tuple(tf.constant(v) for v in exported["adam_v"]))
-    seeds = tf.constant([sig.SERVING_BATCH_SEED], tf.int64)
+    tasks = [task(i) for i in range(3)]
+    support, labels, query = (np.stack(parts) for parts in zip(*tasks))
+    seeds = tf.constant([sig.SERVING_BATCH_SEED] * 3, tf.int64)
+    weights = [tf.constant(w) for w in exported["weights"]]
     expected = evaluator.adapt_and_predict(
-        [tf.constant(w) for w in exported["weights"]],
-        state,
-        support[None],
-        labels[None],
-        query[None],
-        seeds,
-        (False, True),
+        weights, state, support, labels, query, seeds, (False, True)
     )
     for transductive, logits in zip((False, True), expected):
-        served = loaded.signatures[sig.ADAPT_AND_PREDICT](
-            support_images=support,
-            support_labels=labels,
-            query_images=query,
-            inner_steps=tf.constant(STEPS),
-            learning_rate=tf.constant(LR),
-            transductive=tf.constant(transductive),
+        for t, (s, y, q) in enumerate(tasks):
+            served = loaded.signatures[sig.ADAPT_AND_PREDICT](
+                support_images=s,
+                support_labels=y,
+                query_images=q,
+                transductive=tf.constant(transductive),
+            )
+            probabilities = tf.nn.softmax(logits[t])
+            np.testing.assert_allclose(served[sig.PROBABILITIES], probabilities, atol=1e-5)
+            np.testing.assert_array_equal(served[sig.CLASSES], np.argmax(logits[t], -1))
+
+
+@pytest.mark.parametrize("transductive", [False, True])
+def test_each_task_of_adapt_and_predict_tasks_equals_adapt_and_predict(exported, transductive):
+    loaded = LoadedWithDefaults(exported["path"])
+    tasks = [task(10 + i) for i in range(4)]
+    support, labels, query = (np.stack(parts) for parts in zip(*tasks))
+    # The paper's inner learning rate: an untrained net on noise at a larger one is chaotic enough
+    # for two kernel orders to drift apart (the zoo test checks trained models on real tasks).
+    options = dict(
+        transductive=tf.constant(transductive),
+        inner_steps=tf.constant(4),
+        learning_rate=tf.constant(0.001),
+    )
+    together = loaded.signatures[sig.ADAPT_AND_PREDICT_TASKS](
+        support_images=support, support_labels=labels, query_images=query, **options
+    )
+    assert together[sig.PROBABILITIES].shape == (4, WAYS, WAYS)
+    for t, (s, y, q) in enumerate(tasks):
+        alone = loaded.signatures[sig.ADAPT_AND_PREDICT](
+            support_images=s, support_labels=y, query_images=q, **options
         )
-        np.testing.assert_allclose(served[sig.LOGITS], logits[0], rtol=1e-4, atol=1e-4)
-        np.testing.assert_array_equal(served[sig.CLASSES], np.argmax(logits[0], -1))
+        np.testing.assert_array_equal(together[sig.CLASSES][t], alone[sig.CLASSES])
+        np.testing.assert_allclose(
+            together[sig.PROBABILITIES][t], alone[sig.PROBABILITIES], atol=1e-5
+        )
+
+
+def test_regression_tasks_equal_each_task_alone(tmp_path):
+    protocol = Protocol(shots=5, eval_iters=8, eval_batch=5, learning_rate=0.02)
+    module = make_module(SINE_RECIPE, protocol)
+    path = export_saved_model(module, str(tmp_path), make_card("sine", module, SINE_RECIPE))
+    loaded = LoadedWithDefaults(path)
+    x = np.random.default_rng(0).uniform(-5, 5, (3, 5, 1)).astype(np.float32)
+    queries = np.linspace(-5, 5, 4, dtype=np.float32)[None, :, None].repeat(3, 0)
+    together = loaded.signatures[sig.ADAPT_AND_PREDICT_TASKS](
+        support_inputs=x, support_targets=np.sin(x), query_inputs=queries
+    )[sig.PREDICTIONS]
+    assert together.shape == (3, 4, 1)
+    for t in range(3):
+        alone = loaded.signatures[sig.ADAPT_AND_PREDICT](
+            support_inputs=x[t], support_targets=np.sin(x[t]), query_inputs=queries[t]
+        )[sig.PREDICTIONS]
+        np.testing.assert_allclose(together[t], alone, atol=1e-5)
+
+
+def test_inner_batch_size_is_a_request_option(exported):
+    loaded = LoadedWithDefaults(exported["path"])
+    s, y, q = task(3)
+    fn = loaded.signatures[sig.ADAPT_AND_PREDICT]
+    default = fn(support_images=s, support_labels=y, query_images=q)[sig.LOGITS]
+    same = fn(
+        support_images=s, support_labels=y, query_images=q, inner_batch_size=tf.constant(BATCH)
+    )[sig.LOGITS]
+    other = fn(support_images=s, support_labels=y, query_images=q, inner_batch_size=tf.constant(3))[
+        sig.LOGITS
+    ]
+    np.testing.assert_array_equal(default, same)
+    assert np.abs(default - other).max() > 1e-6
 
 
 def test_variables_bit_identical_after_concurrent_calls(exported):
-    loaded = tf.saved_model.load(exported["path"])
+    loaded = LoadedWithDefaults(exported["path"])
     variables = [*loaded.weights, *loaded.adam_v, loaded.adam_step]
     before = [v.numpy().copy() for v in variables]
     assert len(before) == 2 * len(exported["weights"]) + 1
@@ -246,7 +297,7 @@ def test_variables_bit_identical_after_concurrent_calls(exported):
 
 def test_bad_labels_fail_with_a_clear_message(exported):
     support, labels, query = task()
-    loaded = tf.saved_model.load(exported["path"])
+    loaded = LoadedWithDefaults(exported["path"])
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"labels must be < {WAYS}"):
         loaded.signatures[sig.ADAPT_AND_PREDICT](
             support_images=support,
@@ -259,10 +310,10 @@ def test_bad_labels_fail_with_a_clear_message(exported):
 
 
 def test_failed_export_leaves_no_version(tmp_path, monkeypatch):
-    _, _, _, module = make_module()
+    module = make_module(OMNI_RECIPE, PROTOCOL)
     import keras_reptile.export.saved_model as writer
 
     monkeypatch.setattr(writer, "_warmup_records", lambda *a: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        export_saved_model(module, str(tmp_path), {}, "m")
+        export_saved_model(module, str(tmp_path), make_card("m", module, OMNI_RECIPE))
     assert list(tmp_path.iterdir()) == []

@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 
 from keras_reptile.export import signatures as sig
-from tests.serving.helpers import SHAPE, WAYS, task
+from tests.serving.helpers import SHAPE, TASKS, WAYS, omni_tasks, task
 
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 
@@ -29,9 +29,11 @@ class Case:
     protocols: tuple = ("grpc", "rest")
 
 
-def _with(**changes):
+def _changed(base: Callable[[], dict], changes: dict) -> Callable[[], dict]:
+    """`base()`'s inputs with some replaced (a value, or a function of the inputs) or removed."""
+
     def inputs():
-        arrays = task()
+        arrays = base()
         for key, value in changes.items():
             if value is None:
                 del arrays[key]
@@ -40,6 +42,16 @@ def _with(**changes):
         return arrays
 
     return inputs
+
+
+def _with(**changes):
+    """A single task (`adapt_and_predict`) with changes."""
+    return _changed(task, changes)
+
+
+def _tasks_with(**changes):
+    """Two tasks (`adapt_and_predict_tasks`) with changes."""
+    return _changed(omni_tasks, changes)
 
 
 def _one_nan(images):
@@ -215,6 +227,134 @@ CASES = [
         400,
         'Input "query_images" contains 1 non-finite values (NaN or Inf)',
         _with(query_images=lambda a: _one_nan(a[sig.QUERY_IMAGES])),
+    ),
+    Case(
+        "inner_batch_size_zero",
+        INVALID,
+        400,
+        "inner_batch_size must be in [1, 40] (--max_support); received 0.",
+        _with(inner_batch_size=np.int32(0)),
+    ),
+    Case(
+        "inner_batch_size_over_max",
+        INVALID,
+        400,
+        "inner_batch_size must be in [1, 40] (--max_support); received 41.",
+        _with(inner_batch_size=np.int32(41)),
+    ),
+    # adapt_and_predict_tasks: the same inputs with a leading task axis.
+    Case(
+        "tasks_none",
+        INVALID,
+        400,
+        'Input "support_images" of signature "adapt_and_predict_tasks" holds no task (shape '
+        "[0, 10, 28, 28, 1]); expected at least one task.",
+        _tasks_with(
+            support_images=lambda a: a[sig.SUPPORT_IMAGES][:0],
+            support_labels=lambda a: a[sig.SUPPORT_LABELS][:0],
+            query_images=lambda a: a[sig.QUERY_IMAGES][:0],
+        ),
+        signature=TASKS,
+        # JSON's [] has no inner dimensions: the free ones read as 0.
+        rest_message='Input "support_images" of signature "adapt_and_predict_tasks" holds no '
+        "task (shape [0, 0, 28, 28, 1]); expected at least one task.",
+    ),
+    Case(
+        "tasks_over_max",
+        INVALID,
+        400,
+        'Input "support_images" of signature "adapt_and_predict_tasks" holds 5 tasks; the server '
+        "accepts at most 4 (--max_tasks).",
+        lambda: omni_tasks(5),
+        signature=TASKS,
+    ),
+    Case(
+        "tasks_label_task_count",
+        INVALID,
+        400,
+        'Input "support_images" holds 2 tasks but "support_labels" holds 1; expected the same '
+        "number of tasks in both.",
+        _tasks_with(support_labels=lambda a: a[sig.SUPPORT_LABELS][:1]),
+        signature=TASKS,
+    ),
+    Case(
+        "tasks_query_task_count",
+        INVALID,
+        400,
+        'Input "support_images" holds 2 tasks but "query_images" holds 3; expected the same '
+        "number of tasks in both.",
+        _tasks_with(query_images=lambda a: np.concatenate([a[sig.QUERY_IMAGES]] * 2)[:3]),
+        signature=TASKS,
+    ),
+    Case(
+        "tasks_empty_support",
+        INVALID,
+        400,
+        'Input "support_images" of signature "adapt_and_predict_tasks" is empty (shape '
+        "[2, 0, 28, 28, 1]); expected at least one support example per task.",
+        _tasks_with(
+            support_images=np.zeros((2, 0, *SHAPE), np.float32),
+            support_labels=np.zeros((2, 0), np.int32),
+        ),
+        signature=TASKS,
+    ),
+    Case(
+        "tasks_example_count",
+        INVALID,
+        400,
+        'Input "support_images" has 10 examples per task but "support_labels" has 9; expected '
+        "one label or target per support example.",
+        _tasks_with(support_labels=lambda a: a[sig.SUPPORT_LABELS][:, :9]),
+        signature=TASKS,
+    ),
+    Case(
+        "tasks_support_over_max",
+        INVALID,
+        400,
+        'Input "support_images" has 41 support examples per task; the server accepts at most 40 '
+        "(--max_support).",
+        _tasks_with(
+            support_images=np.zeros((2, 41, *SHAPE), np.float32),
+            support_labels=np.zeros((2, 41), np.int32),
+        ),
+        signature=TASKS,
+    ),
+    Case(
+        "tasks_queries_over_max",
+        INVALID,
+        400,
+        'Input "query_images" has 21 query examples per task; the server accepts at most 20 '
+        "(--max_queries).",
+        _tasks_with(query_images=np.zeros((2, 21, *SHAPE), np.float32)),
+        signature=TASKS,
+    ),
+    Case(
+        "tasks_without_task_axis",
+        INVALID,
+        400,
+        'Input "support_images" of signature "adapt_and_predict_tasks" has shape '
+        "[10, 28, 28, 1]; expected [?, ?, 28, 28, 1] (?: any size).",
+        task,
+        signature=TASKS,
+    ),
+    Case(
+        "tasks_label_equal_ways",
+        INVALID,
+        400,
+        'Input "support_labels" has 1 values outside [0, 5) (the model has 5 ways): received [5] '
+        "at (task, example) indices [(1, 3)]; expected class indices 0..4.",
+        _tasks_with(
+            support_labels=lambda a: np.stack([a[sig.SUPPORT_LABELS][0], _labels(*[0] * 3, 5)])
+        ),
+        signature=TASKS,
+    ),
+    Case(
+        "tasks_inner_batch_size_zero",
+        INVALID,
+        400,
+        "inner_batch_size must be in [1, 40] (--max_support); received 0.",
+        _tasks_with(inner_batch_size=np.int32(0)),
+        signature=TASKS,
     ),
     Case(
         "message_over_limit",

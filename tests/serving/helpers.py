@@ -14,7 +14,6 @@ import urllib.error
 import urllib.request
 
 import grpc
-import keras
 import numpy as np
 import tensorflow as tf
 from grpc_health.v1 import health_pb2_grpc
@@ -23,21 +22,25 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from keras_reptile.algorithms import FunctionalModel, InnerOptimizer
+from keras_reptile.config import Protocol
 from keras_reptile.export import signatures as sig
+from keras_reptile.export.model_card import Measurement
 from keras_reptile.export.saved_model import ServingModule, export_saved_model
-from keras_reptile.models import build_model
 from serving.client import predict_request  # noqa: F401 - the tests build requests with it
 from serving.client import rest_model_url as client_model_url
 from serving.launcher import ServerProcess
+from tests.export import helpers
+from tests.export.helpers import OMNI_RECIPE, SINE_RECIPE
 
 WAYS, SHAPE, STEPS, LR, BATCH = 5, (28, 28, 1), 2, 0.001, 5
+TASKS = sig.ADAPT_AND_PREDICT_TASKS
 # Limits of the shared server: small, so over-limit requests stay cheap.
 LIMIT_FLAGS = [
     "--max_support=40",
     "--max_queries=20",
     "--max_inner_steps=50",
     f"--max_message_bytes={2**20}",
+    "--max_tasks=4",
 ]
 
 
@@ -48,37 +51,42 @@ def _scratch() -> pathlib.Path:
     return path
 
 
+PROTOCOLS = {
+    "omni": Protocol(shots=2, eval_iters=STEPS, eval_batch=BATCH, learning_rate=LR),
+    "sine": Protocol(shots=10, eval_iters=STEPS, eval_batch=BATCH, learning_rate=0.02),
+}
+RECIPES = {"omni": OMNI_RECIPE, "sine": SINE_RECIPE}
+
+
 def make_module(kind: str, seed: int) -> ServingModule:
     """A tiny module: 'omni' (omniglot_cnn, 5 ways, Adam) or 'sine' (sine_mlp, SGD)."""
-    keras.utils.set_random_seed(seed)
-    if kind == "omni":
-        fmodel = FunctionalModel(build_model("omniglot_cnn", WAYS, SHAPE), regression=False)
-        optimizer, ways, lr = InnerOptimizer("adam"), WAYS, LR
-    else:
-        fmodel = FunctionalModel(build_model("sine_mlp", 1, (1,)), regression=True)
-        optimizer, ways, lr = InnerOptimizer("sgd"), 1, 0.02
-    weights = [w.numpy() for w in fmodel.initial_weights()]
-    adam_v = [np.full(w.shape, 1e-4, np.float32) for w in weights]
-    return ServingModule(
-        fmodel,
-        weights,
-        optimizer,
-        10.0,
-        adam_v,
-        ways=ways,
-        inner_steps=STEPS,
-        learning_rate=lr,
-        batch_size=BATCH,
+    return helpers.make_module(RECIPES[kind], PROTOCOLS[kind], seed=seed)
+
+
+def _results(kind: str) -> tuple[Measurement, ...]:
+    """Made-up results for the card (meta-iteration 0, as `helpers.make_card` writes)."""
+    protocol = PROTOCOLS[kind]
+    if kind == "sine":
+        return (Measurement("test", protocol, "mse", 0.5, 0.05, 10, 0),)
+    return (
+        Measurement("test", protocol, "accuracy", 0.25, 0.01, 10, 0),
+        Measurement("test", protocol.replace(transductive=True), "accuracy", 0.3, 0.02, 10, 0),
     )
 
 
 @functools.cache
 def export(kind: str, seed: int = 1) -> str:
-    """The version folder of a tiny export (made once per test run)."""
+    """The version folder of a tiny export (made once per test run); its card's recipe names
+    `seed`, so the cards of two seeds differ."""
     module = make_module(kind, seed)
-    shape = list(SHAPE) if kind == "omni" else [1]
-    card = {"preset": f"test_{kind}", "ways": WAYS if kind == "omni" else 1, "input_shape": shape}
-    return export_saved_model(module, str(_scratch() / f"{kind}-{seed}"), card, kind)
+    recipe = RECIPES[kind].replace(seed=seed)
+    card = helpers.make_card(f"test_{kind}", module, recipe, _results(kind))
+    return export_saved_model(module, str(_scratch() / f"{kind}-{seed}"), card)
+
+
+def remove_card(version_dir: pathlib.Path) -> None:
+    """Deletes a version's model card (an `install` edit): it is served from its signatures."""
+    (pathlib.Path(version_dir) / "assets.extra" / sig.CARD_FILE).unlink()
 
 
 def install(version_dir: str | None, base: pathlib.Path, version: int, edit=None) -> pathlib.Path:
@@ -114,7 +122,30 @@ def sine_task(seed: int = 0):
     }
 
 
-# The shared server: two omni versions with labels (config file) and a sine model.
+def stack_tasks(tasks: list[dict]) -> dict[str, np.ndarray]:
+    """Single-task inputs stacked on a leading task axis (`adapt_and_predict_tasks`' inputs)."""
+    return {k: np.stack([t[k] for t in tasks]) for k in tasks[0]}
+
+
+def omni_tasks(count: int = 2) -> dict[str, np.ndarray]:
+    return stack_tasks([task(seed) for seed in range(count)])
+
+
+def assert_same_answer(stacked: dict, index: int, alone: dict) -> None:
+    """Task `index` of an `adapt_and_predict_tasks` answer is the `adapt_and_predict` answer."""
+    if sig.PREDICTIONS in alone:
+        np.testing.assert_allclose(
+            np.asarray(stacked[sig.PREDICTIONS])[index], alone[sig.PREDICTIONS], atol=1e-5
+        )
+        return
+    np.testing.assert_array_equal(np.asarray(stacked[sig.CLASSES])[index], alone[sig.CLASSES])
+    np.testing.assert_allclose(
+        np.asarray(stacked[sig.PROBABILITIES])[index], alone[sig.PROBABILITIES], atol=1e-5
+    )
+
+
+# The shared server: two omni versions with labels (config file), a sine model, and "bare": the
+# sine export without its model card.
 
 CONFIG = """
 model_config_list {{
@@ -127,6 +158,7 @@ model_config_list {{
     version_labels {{ key: "canary" value: 2 }}
   }}
   config {{ name: "sine" base_path: "{root}/sine" model_platform: "tensorflow" }}
+  config {{ name: "bare" base_path: "{root}/bare" model_platform: "tensorflow" }}
 }}
 """
 
@@ -139,6 +171,7 @@ def shared_server() -> ServerProcess:
     install(export("omni", 2), root / "omni", 2)
     install(export("omni", 1), root / "omni", 3)  # on disk, but not in the specific policy
     install(export("sine", 1), root / "sine", 1)
+    install(export("sine", 1), root / "bare", 1, edit=remove_card)
     (root / "models.config").write_text(CONFIG.format(root=root))
     server = ServerProcess([f"--model_config_file={root / 'models.config'}", *LIMIT_FLAGS])
     atexit.register(server.close)

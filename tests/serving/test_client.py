@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_reptile.data.omniglot import to_28x28_bits
+from keras_reptile.data.preprocessing import omniglot_bits
 from keras_reptile.export import signatures as sig
+from keras_reptile.export.model_card import ModelCard
 from serving.client import Client, ClientError, load_image
 from serving.launcher import REPO_ROOT
 from tests.serving.helpers import (
     WAYS,
+    export,
     outputs,
     predict_request,
     sine_task,
@@ -33,6 +35,10 @@ def _cli(*args, timeout=120):
     )
 
 
+def _target(server, rest: bool) -> str:
+    return f"127.0.0.1:{server.rest_port if rest else server.port}"
+
+
 def _grpc(server, model, signature, inputs):
     api = stubs(server.grpc_target)
     try:
@@ -46,10 +52,12 @@ def _grpc(server, model, signature, inputs):
 @pytest.mark.parametrize("rest", [False, True])
 def test_library_adapt_and_predict(server, rest):
     inputs = task(4)
-    target = f"127.0.0.1:{server.rest_port if rest else server.port}"
-    with Client(target, rest=rest, timeout=30) as client:
+    with Client(_target(server, rest), rest=rest, timeout=30) as client:
         got = client.adapt_and_predict(
             "omni", inputs[sig.SUPPORT_IMAGES], inputs[sig.SUPPORT_LABELS], inputs[sig.QUERY_IMAGES]
+        )
+        smaller_batches = client.adapt_and_predict(
+            "omni", *inputs.values(), inner_batch_size=3, transductive=True
         )
         sine = client.adapt_and_predict(
             "sine",
@@ -59,8 +67,39 @@ def test_library_adapt_and_predict(server, rest):
             client.adapt_and_predict("nope", *inputs.values())
     expected = _grpc(server, "omni", sig.ADAPT_AND_PREDICT, inputs)
     np.testing.assert_allclose(got[sig.LOGITS], expected[sig.LOGITS], rtol=1e-6)
+    options = dict(inner_batch_size=np.int32(3), transductive=np.bool_(True))
+    expected = _grpc(server, "omni", sig.ADAPT_AND_PREDICT, dict(inputs, **options))
+    np.testing.assert_allclose(smaller_batches[sig.LOGITS], expected[sig.LOGITS], rtol=1e-6)
     assert sine[sig.PREDICTIONS].shape == (7, 1)
     assert e.value.code in ("NOT_FOUND", 404)
+
+
+@pytest.mark.parametrize("rest", [False, True])
+def test_library_model_card(server, rest):
+    with Client(_target(server, rest), rest=rest, timeout=30) as client:
+        cards = {
+            "latest": client.model_card("omni"),
+            "version 1": client.model_card("omni", version=1),
+            "stable": client.model_card("omni", label="stable"),
+            "canary": client.model_card("omni", label="canary"),
+            "sine": client.model_card("sine"),
+        }
+        with pytest.raises(ClientError) as no_card:
+            client.model_card("bare")
+        with pytest.raises(ClientError) as no_model:
+            client.model_card("nope")
+    omni = {seed: ModelCard.read(export("omni", seed)) for seed in (1, 2)}
+    assert cards == {
+        "latest": omni[2],
+        "version 1": omni[1],
+        "stable": omni[1],
+        "canary": omni[2],
+        "sine": ModelCard.read(export("sine", 1)),
+    }
+    assert omni[1] != omni[2] and cards["sine"].regression
+    assert no_card.value.code == (404 if rest else "NOT_FOUND")
+    assert no_card.value.message.startswith("Model bare version 1 has no model card")
+    assert no_model.value.code == (404 if rest else "NOT_FOUND")
 
 
 def _write_png(path, rng):
@@ -97,7 +136,7 @@ def test_cli_with_pngs_prepares_them_like_training_images(server, tmp_path):
 
     def bits(path):
         with Image.open(path) as image:
-            return to_28x28_bits(image).astype(np.float32)[..., None]
+            return omniglot_bits(image).astype(np.float32)[..., None]
 
     support = sorted((tmp_path / "support").rglob("*.png"))
     inputs = {
@@ -133,6 +172,8 @@ def test_cli_with_npz_over_rest(server, tmp_path):
         "1",
         "--inner_steps",
         "4",
+        "--inner_batch_size",
+        "3",
         "--support",
         str(tmp_path / "support.npz"),
         "--query",
@@ -141,7 +182,10 @@ def test_cli_with_npz_over_rest(server, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     api = stubs(server.grpc_target)
     request = predict_request(
-        "omni", sig.ADAPT_AND_PREDICT, dict(inputs, inner_steps=np.int32(4)), version=1
+        "omni",
+        sig.ADAPT_AND_PREDICT,
+        dict(inputs, inner_steps=np.int32(4), inner_batch_size=np.int32(3)),
+        version=1,
     )
     classes = outputs(api.prediction.Predict(request, timeout=30))[sig.CLASSES]
     api.channel.close()
@@ -150,11 +194,39 @@ def test_cli_with_npz_over_rest(server, tmp_path):
     assert [int(line.split("class ")[1].split()[0]) for line in lines] == classes.tolist()
 
 
+@pytest.mark.parametrize("rest", [False, True])
+def test_cli_show_card_prints_a_summary_without_a_task(server, rest):
+    args = ["--target", _target(server, rest), "--model", "omni", "--label", "stable"]
+    result = _cli(*args, "--show_card", *(["--rest"] if rest else []))
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = ModelCard.read(export("omni", 1))
+    assert result.stdout.splitlines() == [
+        "name: test_omni",
+        "ways: 5 (classification)",
+        "meta-iterations: 0",
+        "results:",
+        *(f"  {m}" for m in card.results),
+        "default protocol: 2-shot, 2 inner steps of batch 5 at learning rate 0.001, "
+        "non-transductive",
+    ]
+    assert "  test 2-shot transductive: 30.00 +- 2.00 %" in result.stdout.splitlines()
+
+
+def test_cli_needs_a_support_set_unless_it_shows_the_card(server):
+    result = _cli("--target", server.grpc_target, "--model", "omni")
+    assert result.returncode == 2
+    assert "--support is required (unless --show_card)" in result.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--model", "nope"], "error: NOT_FOUND: Servable not found for request: Latest(nope)"),
         (["--model", "omni", "--timeout", "0.000001"], "error: DEADLINE_EXCEEDED"),
+        (
+            ["--model", "bare", "--show_card"],
+            "error: NOT_FOUND: Model bare version 1 has no model card",
+        ),
     ],
 )
 def test_cli_errors_exit_non_zero_with_the_message(server, tmp_path, args, message):

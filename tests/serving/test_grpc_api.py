@@ -1,10 +1,12 @@
 """TensorFlow Serving's gRPC API through the real stubs, against the real server process."""
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import wrappers_pb2
 from grpc_health.v1 import health_pb2
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow_serving.apis import (
@@ -15,14 +17,20 @@ from tensorflow_serving.apis import (
 )
 
 from keras_reptile.export import signatures as sig
+from keras_reptile.export.model_card import ModelCard
 from tests.serving import cases as bad
 from tests.serving.helpers import (
+    BATCH,
     STEPS,
+    TASKS,
     WAYS,
+    assert_same_answer,
+    export,
     outputs,
     predict_request,
     shared_server,
     sine_task,
+    stack_tasks,
     stubs,
     task,
 )
@@ -61,6 +69,7 @@ def test_omitted_optional_inputs_take_the_signature_defaults(api):
     explicit = dict(
         task(),
         inner_steps=np.int32(STEPS),
+        inner_batch_size=np.int32(BATCH),
         learning_rate=np.float32(0.001),
         transductive=np.bool_(False),
     )
@@ -71,11 +80,38 @@ def test_omitted_optional_inputs_take_the_signature_defaults(api):
         api.prediction.Predict(predict_request("omni", sig.ADAPT_AND_PREDICT, explicit), timeout=30)
     )
     np.testing.assert_array_equal(a[sig.LOGITS], b[sig.LOGITS])
-    more = dict(task(), inner_steps=np.int32(STEPS + 5))
-    c = outputs(
-        api.prediction.Predict(predict_request("omni", sig.ADAPT_AND_PREDICT, more), timeout=30)
+    for changed in (dict(inner_steps=np.int32(STEPS + 5)), dict(inner_batch_size=np.int32(2))):
+        request = predict_request("omni", sig.ADAPT_AND_PREDICT, dict(task(), **changed))
+        c = outputs(api.prediction.Predict(request, timeout=30))
+        assert not np.array_equal(a[sig.LOGITS], c[sig.LOGITS]), changed
+
+
+def _predict(api, model, signature, inputs):
+    return outputs(api.prediction.Predict(predict_request(model, signature, inputs), timeout=60))
+
+
+@pytest.mark.parametrize(
+    "model, tasks, options",
+    [
+        ("omni", [task(seed) for seed in range(3)], {}),
+        ("omni", [task(seed) for seed in (3, 4)], dict(transductive=np.bool_(True))),
+        ("omni", [task(5)], dict(inner_steps=np.int32(4), inner_batch_size=np.int32(3))),
+        ("sine", [sine_task(seed) for seed in range(3)], {}),
+    ],
+    ids=["omni", "omni_transductive", "omni_one_task_with_options", "sine"],
+)
+def test_adapt_and_predict_tasks_answers_each_task_as_if_alone(api, model, tasks, options):
+    response = api.prediction.Predict(
+        predict_request(model, TASKS, dict(stack_tasks(tasks), **options)), timeout=60
     )
-    assert not np.array_equal(a[sig.LOGITS], c[sig.LOGITS])
+    assert response.model_spec.signature_name == TASKS
+    stacked = outputs(response)
+    for index, inputs in enumerate(tasks):
+        alone = _predict(api, model, sig.ADAPT_AND_PREDICT, dict(inputs, **options))
+        assert set(stacked) == set(alone)
+        for key, value in alone.items():
+            assert stacked[key].shape == (len(tasks), *value.shape)
+        assert_same_answer(stacked, index, alone)
 
 
 def test_empty_signature_name_means_serving_default(api):
@@ -150,35 +186,110 @@ def test_concurrent_requests_get_the_answer_of_a_lone_request(api):
         np.testing.assert_array_equal(outputs(response)[sig.LOGITS], alone)
 
 
+def _metadata_request(model, fields, version=None, label=None):
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=fields)
+    request.model_spec.name = model
+    if version is not None:
+        request.model_spec.version.value = version
+    if label is not None:
+        request.model_spec.version_label = label
+    return request
+
+
 def test_get_model_metadata_returns_the_signature_defs(api):
-    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-    request.model_spec.name = "omni"
-    response = api.prediction.GetModelMetadata(request, timeout=10)
+    response = api.prediction.GetModelMetadata(
+        _metadata_request("omni", ["signature_def"]), timeout=10
+    )
     assert (response.model_spec.name, response.model_spec.version.value) == ("omni", 2)
+    assert set(response.metadata) == {"signature_def"}
     any_ = response.metadata["signature_def"]
     assert any_.type_url == "type.googleapis.com/tensorflow.serving.SignatureDefMap"
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     any_.Unpack(signature_map)
-    sdef = signature_map.signature_def[sig.ADAPT_AND_PREDICT]
-    assert set(sdef.inputs) == {
-        i.key for i in sig.signature_specs((28, 28, 1), False)[sig.ADAPT_AND_PREDICT].inputs
-    }
-    assert sdef.defaults[sig.INNER_STEPS].int_val == [STEPS]
-    assert sig.SERVING_DEFAULT in signature_map.signature_def
+    assert set(sig.SIGNATURES) <= set(signature_map.signature_def)
+    specs = sig.signature_specs((28, 28, 1), False)
+    for name in (sig.ADAPT_AND_PREDICT, TASKS):
+        sdef = signature_map.signature_def[name]
+        assert set(sdef.inputs) == {i.key for i in specs[name].inputs}
+        assert sdef.defaults[sig.INNER_STEPS].int_val == [STEPS]
+        assert sdef.defaults[sig.INNER_BATCH_SIZE].int_val == [BATCH]
+    dims = signature_map.signature_def[TASKS].inputs[sig.SUPPORT_IMAGES].tensor_shape.dim
+    assert [d.size for d in dims] == [-1, -1, 28, 28, 1]
+
+
+def _card(response) -> dict:
+    any_ = response.metadata["model_card"]
+    assert any_.type_url == "type.googleapis.com/google.protobuf.StringValue"
+    text = wrappers_pb2.StringValue()
+    any_.Unpack(text)
+    return json.loads(text.value)
+
+
+@pytest.mark.parametrize(
+    "model, spec, seed",
+    [
+        ("omni", {}, 2),
+        ("omni", {"version": 1}, 1),
+        ("omni", {"label": "canary"}, 2),
+        ("omni", {"label": "stable"}, 1),
+        ("sine", {}, 1),
+    ],
+)
+def test_get_model_metadata_returns_the_model_card(api, model, spec, seed):
+    response = api.prediction.GetModelMetadata(
+        _metadata_request(model, ["model_card"], **spec), timeout=10
+    )
+    assert response.model_spec.version.value == spec.get("version", seed)
+    assert set(response.metadata) == {"model_card"}
+    card = ModelCard.read(export(model, seed))
+    assert card.recipe.seed == seed  # the versions' cards differ
+    assert _card(response) == card.to_dict()
+
+
+def test_get_model_metadata_answers_both_fields_at_once(api):
+    response = api.prediction.GetModelMetadata(
+        _metadata_request("omni", ["signature_def", "model_card"], version=1), timeout=10
+    )
+    assert set(response.metadata) == {"signature_def", "model_card"}
+    assert _card(response) == ModelCard.read(export("omni", 1)).to_dict()
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signature_map)
+    assert set(sig.SIGNATURES) <= set(signature_map.signature_def)
+
+
+def test_a_model_without_card_is_served_from_its_signatures(api):
+    with pytest.raises(grpc.RpcError) as e:
+        api.prediction.GetModelMetadata(_metadata_request("bare", ["model_card"]), timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert e.value.details().startswith(
+        "Model bare version 1 has no model card: its SavedModel has no assets.extra/model_card.json"
+    )
+    response = api.prediction.GetModelMetadata(
+        _metadata_request("bare", ["signature_def"]), timeout=10
+    )
+    assert set(response.metadata) == {"signature_def"}
+    tasks = [sine_task(seed) for seed in range(2)]
+    for signature, inputs in ((sig.ADAPT_AND_PREDICT, tasks[0]), (TASKS, stack_tasks(tasks))):
+        np.testing.assert_array_equal(  # the same export as "sine", without its card
+            _predict(api, "bare", signature, inputs)[sig.PREDICTIONS],
+            _predict(api, "sine", signature, inputs)[sig.PREDICTIONS],
+        )
 
 
 @pytest.mark.parametrize(
     "fields, message",
     [
         ([], "must specify at least one metadata_field"),
-        (["nope"], "Metadata field nope is not supported"),
+        (
+            ["nope"],
+            "Metadata field nope is not supported; expected one of signature_def, model_card.",
+        ),
+        (["signature_def", "nope"], "Metadata field nope is not supported"),
     ],
 )
 def test_get_model_metadata_rejects_bad_fields(api, fields, message):
-    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=fields)
-    request.model_spec.name = "omni"
     with pytest.raises(grpc.RpcError) as e:
-        api.prediction.GetModelMetadata(request, timeout=10)
+        api.prediction.GetModelMetadata(_metadata_request("omni", fields), timeout=10)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in e.value.details()
 
 
@@ -272,11 +383,10 @@ def test_server_still_serves_after_the_bad_requests(api):
     assert shared_server().process.poll() is None
 
 
-def test_metadata_of_an_unknown_model_is_not_found(api):
-    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-    request.model_spec.name = "nope"
+@pytest.mark.parametrize("field", ["signature_def", "model_card"])
+def test_metadata_of_an_unknown_model_is_not_found(api, field):
     with pytest.raises(grpc.RpcError) as e:
-        api.prediction.GetModelMetadata(request, timeout=10)
+        api.prediction.GetModelMetadata(_metadata_request("nope", [field]), timeout=10)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     assert "Servable not found for request: Latest(nope)" in e.value.details()
 

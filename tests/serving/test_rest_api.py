@@ -7,16 +7,21 @@ import numpy as np
 import pytest
 
 from keras_reptile.export import signatures as sig
+from keras_reptile.export.model_card import ModelCard
 from tests.serving import cases as bad
 from tests.serving.helpers import (
     STEPS,
+    TASKS,
     WAYS,
+    assert_same_answer,
     columnar,
+    export,
     http,
     outputs,
     predict_request,
     rest_model_url,
     sine_task,
+    stack_tasks,
     stubs,
     task,
 )
@@ -24,11 +29,11 @@ from tests.serving.helpers import (
 pytestmark = pytest.mark.slow
 
 
-def _grpc_logits(server, inputs, signature=sig.ADAPT_AND_PREDICT, **kw):
+def _grpc_logits(server, inputs, signature=sig.ADAPT_AND_PREDICT, model="omni", **kw):
     api = stubs(server.grpc_target)
     try:
         return outputs(
-            api.prediction.Predict(predict_request("omni", signature, inputs, **kw), timeout=30)
+            api.prediction.Predict(predict_request(model, signature, inputs, **kw), timeout=30)
         )
     finally:
         api.channel.close()
@@ -62,6 +67,34 @@ def test_model_metadata(server):
             "28",
             "1",
         ]
+        tasks = sdefs[TASKS]["inputs"]
+        assert [d["size"] for d in tasks[sig.QUERY_IMAGES]["tensor_shape"]["dim"]] == [
+            "-1",
+            "-1",
+            "28",
+            "28",
+            "1",
+        ]
+        assert sig.INNER_BATCH_SIZE in tasks and sig.INNER_BATCH_SIZE in inputs
+
+
+@pytest.mark.parametrize(
+    "model, spec, seed",
+    [
+        ("omni", {}, 2),
+        ("omni", {"version": 1}, 1),
+        ("omni", {"label": "stable"}, 1),
+        ("omni", {"label": "canary"}, 2),
+        ("sine", {}, 1),
+    ],
+)
+def test_model_card(server, model, spec, seed):
+    status, body = http("GET", rest_model_url(server, model, **spec) + "/model_card")
+    assert status == 200, body
+    card = ModelCard.read(export(model, seed))
+    assert card.recipe.seed == seed  # the versions' cards differ
+    assert body == card.to_dict()
+    assert ModelCard.from_json(json.dumps(body)) == card
 
 
 def test_columnar_predict_equals_grpc_and_omits_optional_inputs(server):
@@ -76,7 +109,12 @@ def test_columnar_predict_equals_grpc_and_omits_optional_inputs(server):
 
 
 def test_columnar_predict_with_optional_inputs_and_a_version(server):
-    inputs = dict(task(1), inner_steps=np.int32(STEPS + 3), transductive=np.bool_(True))
+    inputs = dict(
+        task(1),
+        inner_steps=np.int32(STEPS + 3),
+        inner_batch_size=np.int32(3),
+        transductive=np.bool_(True),
+    )
     url = rest_model_url(server, "omni", version=1) + ":predict"
     status, body = http("POST", url, columnar(sig.ADAPT_AND_PREDICT, inputs))
     assert status == 200, body
@@ -114,6 +152,30 @@ def test_row_predict_of_adapt_and_predict(server):
     assert status == 200, body
     expected = _grpc_logits(server, inputs)
     assert [p[sig.CLASSES] for p in body["predictions"]] == expected[sig.CLASSES].tolist()
+
+
+def _named(value) -> dict:
+    """Outputs by name: a signature with one output (`predictions`) answers its value alone."""
+    return value if isinstance(value, dict) else {sig.PREDICTIONS: value}
+
+
+@pytest.mark.parametrize(
+    "model, tasks",
+    [("omni", [task(seed) for seed in range(3)]), ("sine", [sine_task(seed) for seed in (4, 5)])],
+)
+def test_adapt_and_predict_tasks_answers_each_task_as_if_alone(server, model, tasks):
+    url = rest_model_url(server, model) + ":predict"
+    status, body = http("POST", url, columnar(TASKS, stack_tasks(tasks)))
+    assert status == 200, body
+    columns = _named(body["outputs"])
+    rows = [{k: v.tolist() for k, v in t.items()} for t in tasks]  # the row format: a task a row
+    status, body = http("POST", url, {"signature_name": TASKS, "instances": rows})
+    assert status == 200, body
+    predictions = [_named(p) for p in body["predictions"]]
+    for index, inputs in enumerate(tasks):
+        alone = _grpc_logits(server, inputs, model=model)
+        assert_same_answer(columns, index, alone)
+        assert_same_answer({k: [v] for k, v in predictions[index].items()}, 0, alone)
 
 
 def test_single_output_signatures_answer_plain_values(server):
@@ -234,6 +296,35 @@ def _post_raw(server, data: bytes, path="/v1/models/omni:predict"):
             None,
             404,
             "Servable not found for request: Latest(nope)",
+        ),
+        (
+            "GET",
+            "/v1/models/bare/model_card",
+            None,
+            404,
+            "Model bare version 1 has no model card: its SavedModel has no "
+            "assets.extra/model_card.json",
+        ),
+        (
+            "GET",
+            "/v1/models/nope/model_card",
+            None,
+            404,
+            "Servable not found for request: Latest(nope)",
+        ),
+        (
+            "GET",
+            "/v1/models/omni/versions/7/model_card",
+            None,
+            404,
+            "Servable not found for request: Specific(omni, 7)",
+        ),
+        (
+            "GET",
+            "/v1/models/omni/model_card/x",
+            None,
+            400,
+            "Malformed request: GET /v1/models/omni/model_card/x",
         ),
         ("GET", "/v2/whatever", None, 400, "Malformed request: GET /v2/whatever"),
         ("PUT", "/v1/models/omni", b"{}", 400, "Malformed request: PUT /v1/models/omni"),

@@ -13,6 +13,7 @@ from serving.errors import ServingError, clean_tf_message
 
 SPECS = sig.signature_specs((28, 28, 1), regression=False)
 ADAPT = SPECS[sig.ADAPT_AND_PREDICT]
+TASKS = SPECS[sig.ADAPT_AND_PREDICT_TASKS]
 LIMITS = validation.Limits(
     max_support=40, max_queries=20, max_inner_steps=50, max_message_bytes=2**20
 )
@@ -82,6 +83,31 @@ def test_defaulted_values_are_named_as_defaults():
     assert "received 60 (the signature's default)" in error.message
 
 
+def test_regression_tasks_name_the_count_that_differs():
+    specs = sig.signature_specs((1,), regression=True)
+    arrays = {
+        sig.SUPPORT_INPUTS: np.zeros((2, 3, 1), np.float32),
+        sig.SUPPORT_TARGETS: np.zeros((2, 4, 1), np.float32),
+        sig.QUERY_INPUTS: np.zeros((2, 5, 1), np.float32),
+    }
+    info = validation.ModelInfo(1, (1,), True)
+    error = _error(
+        validation.check_values, specs[sig.ADAPT_AND_PREDICT_TASKS], arrays, info, LIMITS
+    )
+    assert error.message == (
+        'Input "support_inputs" has 3 examples per task but "support_targets" has 4; expected '
+        "one label or target per support example."
+    )
+    arrays[sig.SUPPORT_TARGETS] = np.zeros((1, 3, 1), np.float32)
+    error = _error(
+        validation.check_values, specs[sig.ADAPT_AND_PREDICT_TASKS], arrays, info, LIMITS
+    )
+    assert error.message == (
+        'Input "support_inputs" holds 2 tasks but "support_targets" holds 1; expected the same '
+        "number of tasks in both."
+    )
+
+
 def test_regression_labels_are_not_checked_as_classes():
     specs = sig.signature_specs((1,), regression=True)
     arrays = {
@@ -144,6 +170,12 @@ def test_empty_json_lists_keep_the_inner_dimensions():
     }
     arrays, row_format = json_codec.decode_predict(body, ADAPT)
     assert arrays[sig.SUPPORT_IMAGES].shape == (0, 28, 28, 1) and not row_format
+    # With a task axis: no task at all, or tasks of no example (free dimensions read as 0).
+    for value, shape in (([], (0, 0, 28, 28, 1)), ([[], []], (2, 0, 28, 28, 1))):
+        keys = (sig.SUPPORT_IMAGES, sig.SUPPORT_LABELS, sig.QUERY_IMAGES)
+        arrays, _ = json_codec.decode_predict({"inputs": dict.fromkeys(keys, value)}, TASKS)
+        assert arrays[sig.SUPPORT_IMAGES].shape == arrays[sig.QUERY_IMAGES].shape == shape
+        assert arrays[sig.SUPPORT_LABELS].shape == shape[:2]
 
 
 def test_tf_errors_lose_their_graph_traces():
@@ -155,6 +187,19 @@ def test_tf_errors_lose_their_graph_traces():
         "[Op:__inference_signature_wrapper_adapt_and_predict_7523]"
     )
     assert clean_tf_message(message) == "assertion failed: [labels must be < 5] [x = ] [3 3 4...]"
+
+
+def test_tf_errors_keep_nested_values_but_lose_scoped_tensor_names():
+    message = (
+        "Graph execution error:\n\nDetected at node assert_less/Assert/Assert defined at "
+        "(most recent call last):\n<stack traces unavailable>\n"
+        "assertion failed: [labels must be < 5] [x (strided_slice_1:0) = ] [[3 3 4...]...] "
+        "[y (assert_less/y:0) = ] [5]\n\t [[{{function_node __inference_fn_1}}{{node "
+        "assert_less/Assert/Assert}}]] [Op:__inference_signature_wrapper_fn_2]"
+    )
+    assert clean_tf_message(message) == (
+        "assertion failed: [labels must be < 5] [x = ] [[3 3 4...]...] [y = ] [5]"
+    )
 
 
 CONFIG = """

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 
 from keras_reptile.data.tasks import ClassificationTasks
-from keras_reptile.run import build_functional_model
+from keras_reptile.run import build_stacked_model
 from keras_reptile.training.strategy import make_strategy
 from keras_reptile.training.trainer import MetaTrainer
 from tests.fakes import fake_class_images
@@ -15,8 +15,8 @@ from tests.training.test_trainer import TINY
 def main(model_dir: str, out: str) -> None:
     strategy = make_strategy("multi_worker_mirrored")
     tasks = ClassificationTasks(fake_class_images(shape=(28, 28, 1)))
-    fmodel = build_functional_model(TINY, tasks.input_shape)
-    trainer = MetaTrainer(TINY, fmodel, tasks, strategy, model_dir)
+    model = build_stacked_model(TINY, tasks.input_shape)
+    trainer = MetaTrainer(TINY, model, strategy, model_dir, train_tasks=tasks)
     trainer.train()
     weights = trainer.state.numpy_weights()
     np.savez(out, *weights, replicas=strategy.num_replicas_in_sync)

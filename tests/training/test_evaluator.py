@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_reptile.algorithms import FunctionalModel, InnerOptimizer
+from keras_reptile.algorithms import InnerOptimizer, StackedModel
+from keras_reptile.config import Protocol
 from keras_reptile.data.base import ClassImages
 from keras_reptile.data.tasks import ClassificationTasks, SineTasks
 from keras_reptile.training.evaluator import EvalResult, Evaluator
@@ -26,19 +27,20 @@ def zero_linear_model(ways, input_shape):
             keras.layers.Dense(ways, kernel_initializer="zeros", bias_initializer="zeros"),
         ]
     )
-    return FunctionalModel(model, regression=len(input_shape) == 1)
+    return StackedModel(model, regression=len(input_shape) == 1)
 
 
-def evaluator(fmodel, steps, **kwargs):
-    options = dict(ways=5, shots=1, num_steps=steps, batch_size=5, lr=1.0, chunk=8)
-    options.update(kwargs)
-    return Evaluator(fmodel, InnerOptimizer("sgd"), **options)
+def evaluator(model, steps, ways=5, shots=1, lr=1.0, queries=1, **kwargs):
+    protocol = Protocol(
+        shots=shots, eval_iters=steps, eval_batch=5, learning_rate=lr, eval_queries=queries
+    )
+    return Evaluator(model, InnerOptimizer("sgd"), protocol, ways=ways, **{"chunk": 8, **kwargs})
 
 
 def test_adapted_linear_model_is_always_right():
-    fmodel = zero_linear_model(5, (4, 4, 1))
-    results = evaluator(fmodel, steps=20).evaluate(
-        one_hot_classes(), fmodel.initial_weights(), (), 30, stream=1
+    model = zero_linear_model(5, (4, 4, 1))
+    results = evaluator(model, steps=20).evaluate(
+        one_hot_classes(), model.initial_weights(), (), 30, stream_key=1
     )
     for protocol in ("non_transductive", "transductive"):
         assert results[protocol].mean == 1.0 and results[protocol].num_tasks == 30
@@ -46,9 +48,9 @@ def test_adapted_linear_model_is_always_right():
 
 def test_unadapted_zero_model_scores_exactly_chance():
     # Equal logits: argmax says class 0 for every query, and exactly one query per task is class 0.
-    fmodel = zero_linear_model(5, (4, 4, 1))
-    results = evaluator(fmodel, steps=0).evaluate(
-        one_hot_classes(), fmodel.initial_weights(), (), 17, stream=1
+    model = zero_linear_model(5, (4, 4, 1))
+    results = evaluator(model, steps=0).evaluate(
+        one_hot_classes(), model.initial_weights(), (), 17, stream_key=1
     )
     assert results["non_transductive"].mean == pytest.approx(0.2)
     assert results["transductive"].ci95 == pytest.approx(0.0)
@@ -57,17 +59,17 @@ def test_unadapted_zero_model_scores_exactly_chance():
 def test_zero_regression_model_scores_the_sine_variance():
     # Predicting 0: E[(A sin(x + p))^2] = E[A^2] / 2 = (5^3 - 0.1^3) / (3 * 4.9) / 2 = 4.2517
     # (x uniform over 10 / 2pi periods is close enough to a whole number of periods).
-    fmodel = zero_linear_model(1, (1,))
-    ev = evaluator(fmodel, steps=0, ways=1, shots=5, queries=200)
-    result = ev.evaluate(SineTasks(), fmodel.initial_weights(), (), 2000, stream=3)["mse"]
+    model = zero_linear_model(1, (1,))
+    ev = evaluator(model, steps=0, ways=1, shots=5, queries=200)
+    result = ev.evaluate(SineTasks(), model.initial_weights(), (), 2000, stream_key=3)["mse"]
     assert abs(result.mean - 4.2517) < max(2 * result.ci95, 0.1)
 
 
 def test_same_tasks_whatever_the_chunking_and_grouping_and_repeatable():
-    fmodel = zero_linear_model(5, (4, 4, 1))
-    weights = fmodel.initial_weights()
+    model = zero_linear_model(5, (4, 4, 1))
+    weights = model.initial_weights()
     runs = [
-        evaluator(fmodel, steps=1, lr=0.1, chunk=chunk, groups=groups).evaluate(
+        evaluator(model, steps=1, lr=0.1, chunk=chunk, groups=groups).evaluate(
             one_hot_classes(), weights, (), 10, 5
         )
         for chunk, groups in [(3, 1), (7, 1), (7, 3), (3, 2)]
