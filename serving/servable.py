@@ -155,12 +155,13 @@ class Servable:
         signature_name: str,
         arrays: Mapping[str, np.ndarray],
         cancellation: Cancellation | None = None,
+        check_outputs: bool = True,
     ) -> dict[str, np.ndarray]:
-        """Executes a prepared request; every output is checked to be finite.
+        """Executes a prepared request; every output is checked to be finite (`check_outputs`).
 
         `cancellation`, when cancelled, stops the computation (DEADLINE_EXCEEDED or CANCELLED).
         """
-        context = f'signature "{signature_name}" of model {self.name} version {self.version}'
+        context = self._context(signature_name)
         fn = self._functions[signature_name]
         scope = cancellation.active() if cancellation else contextlib.nullcontext()
         try:
@@ -173,6 +174,15 @@ class Servable:
                     cancellation.code, f"Running {context} was stopped: {cancellation.reason}."
                 ) from None
             raise from_tf_error(e, context) from None
+        if check_outputs:
+            self.check_outputs(signature_name, outputs)
+        return outputs
+
+    def _context(self, signature_name: str) -> str:
+        return f'signature "{signature_name}" of model {self.name} version {self.version}'
+
+    def check_outputs(self, signature_name: str, outputs: Mapping[str, np.ndarray]) -> None:
+        """INTERNAL if an output holds NaN or Inf: never returned as a prediction."""
         for key, value in outputs.items():
             if value.dtype.kind in "fc":
                 bad = int(value.size - np.count_nonzero(np.isfinite(value)))
@@ -180,10 +190,9 @@ class Servable:
                     raise ServingError(
                         grpc.StatusCode.INTERNAL,
                         f'The model produced {bad} non-finite values (NaN or Inf) in output "{key}"'
-                        f" of {context}; no prediction is returned. A smaller learning_rate or "
-                        "fewer inner_steps usually avoids this.",
+                        f" of {self._context(signature_name)}; no prediction is returned. A "
+                        "smaller learning_rate or fewer inner_steps usually avoids this.",
                     )
-        return outputs
 
     # In-flight requests.
 

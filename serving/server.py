@@ -20,6 +20,7 @@ from absl import app, flags, logging
 
 from keras_reptile.training.strategy import set_threads
 from serving import grpc_service, model_config, rest
+from serving.batching import BatchingParameters, TaskBatcher
 from serving.errors import ServingError
 from serving.model_manager import ModelManager
 from serving.service import Service
@@ -62,6 +63,18 @@ flags.DEFINE_integer(
     "tensorflow_inter_op_parallelism", 0, "Kernels run at once (0: TensorFlow's default)."
 )
 flags.DEFINE_float("shutdown_grace_seconds", 30.0, "On SIGTERM, time given to requests in flight.")
+flags.DEFINE_bool(
+    "enable_batching",
+    False,
+    "Run concurrent adapt_and_predict requests of one model version with equal shapes and inner "
+    "settings as one multi-task adaptation (task batching).",
+)
+flags.DEFINE_string(
+    "batching_parameters_file",
+    "",
+    "A text-format BatchingParameters (max_batch_size counts tasks, batch_timeout_micros, "
+    "num_batch_threads, max_enqueued_batches); the defaults otherwise. Needs --enable_batching.",
+)
 
 
 def _check_flags() -> None:
@@ -81,6 +94,8 @@ def _check_flags() -> None:
     ):
         if FLAGS[name].value < 0:
             raise app.UsageError(f"--{name} must be >= 0. Received: {FLAGS[name].value}")
+    if FLAGS.batching_parameters_file and not FLAGS.enable_batching:
+        raise app.UsageError("--batching_parameters_file needs --enable_batching.")
     if FLAGS["model_name"].present and not (FLAGS.model_base_path or FLAGS.model_config_file):
         raise app.UsageError("--model_name needs --model_base_path (or use --model_config_file).")
 
@@ -119,11 +134,20 @@ def main(argv: list[str]) -> None:
         FLAGS.max_tasks,
     )
     try:
+        batcher = None
+        if FLAGS.enable_batching:
+            params = (
+                BatchingParameters.read(FLAGS.batching_parameters_file)
+                if FLAGS.batching_parameters_file
+                else BatchingParameters()
+            )
+            batcher = TaskBatcher(params)
+            logging.info("Task batching on: %s", params)
         manager = build_manager(limits)
         manager.start()
     except (ValueError, ServingError) as e:
         sys.exit(f"serving.server: {getattr(e, 'message', e)}")
-    service = Service(manager, limits)
+    service = Service(manager, limits, batcher)
     try:
         grpc_server, port, health = grpc_service.build_server(
             service, FLAGS.host, FLAGS.port, FLAGS.grpc_workers, FLAGS.max_message_bytes
@@ -146,10 +170,10 @@ def main(argv: list[str]) -> None:
         signal.signal(signum, lambda *_: stop.set())
     while not stop.wait(0.5):
         pass
-    _shutdown(grpc_server, rest_server, health, manager, FLAGS.shutdown_grace_seconds)
+    _shutdown(grpc_server, rest_server, health, service, FLAGS.shutdown_grace_seconds)
 
 
-def _shutdown(grpc_server, rest_server, health, manager, grace: float) -> None:
+def _shutdown(grpc_server, rest_server, health, service: Service, grace: float) -> None:
     """Refuses new requests, gives those in flight `grace` seconds, then unloads the models."""
     logging.info("Shutting down: finishing requests in flight (up to %.0f s)", grace)
     health.enter_graceful_shutdown()
@@ -162,7 +186,9 @@ def _shutdown(grpc_server, rest_server, health, manager, grace: float) -> None:
     grpc_done.wait(grace + 1)
     if closer is not None:
         closer.join(grace)
-    manager.stop()
+    if service.batcher is not None:
+        service.batcher.stop()
+    service.manager.stop()
     logging.info("Server stopped")
 
 

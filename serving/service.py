@@ -18,6 +18,7 @@ import numpy as np
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
 from serving import validation
+from serving.batching import TaskBatcher
 from serving.cancellation import Cancellation
 from serving.errors import ServingError, invalid, not_found
 from serving.model_config import ModelServerConfig
@@ -80,10 +81,18 @@ def _check_output_filter(spec: sig.SignatureSpec, output_filter: Sequence[str]) 
 
 
 class Service:
-    """Predict, Classify, metadata and status over a `ModelManager`."""
+    """Predict, Classify, metadata and status over a `ModelManager`.
 
-    def __init__(self, manager: ModelManager, limits: validation.Limits):
-        self.manager, self.limits = manager, limits
+    With a `TaskBatcher`, `adapt_and_predict` requests run batched as multi-task adaptations.
+    """
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        limits: validation.Limits,
+        batcher: TaskBatcher | None = None,
+    ):
+        self.manager, self.limits, self.batcher = manager, limits, batcher
 
     def predict(
         self,
@@ -101,7 +110,14 @@ class Service:
             _check_output_filter(spec, output_filter)
             arrays = servable.prepare(signature_name, decode(spec), self.limits)
             check_deadline(deadline, "the prediction")
-            outputs = servable.run(signature_name, arrays, cancellation)
+            if (
+                self.batcher is not None
+                and signature_name == sig.ADAPT_AND_PREDICT
+                and sig.ADAPT_AND_PREDICT_TASKS in servable.specs
+            ):
+                outputs = self.batcher.submit(servable, arrays, deadline, cancellation)
+            else:
+                outputs = servable.run(signature_name, arrays, cancellation)
         if output_filter:
             outputs = {k: outputs[k] for k in output_filter}
         return Result(servable.name, servable.version, signature_name, outputs)
