@@ -1,24 +1,31 @@
-"""adapt_and_predict under load: latency (p50, p99) and throughput of concurrent gRPC clients.
+"""adapt_and_predict under load: latency (p50, p99) and throughput, task batching off and on.
 
-    python benchmarks/serving_load.py                        # a fresh untrained omniglot_5w5s model
-    python benchmarks/serving_load.py --export_dir=saved_models/omniglot_5w --clients=8
+    python benchmarks/serving_load.py                        # a fresh untrained omniglot_5w model
+    python benchmarks/serving_load.py --export_dir=saved_models/omniglot_5w \
+        --data_dir=../shared/data/omniglot
 
-Starts the real server (`python -m serving.server`) on free loopback ports, then for 5-way 1-shot
-and 5-way 5-shot tasks (one query per class, 50 inner steps, the default non-transductive answer)
-measures one client alone, then `--clients` clients sending requests at once. Prints one JSON
-object as its last line; exits 1 if any request failed.
+Starts the real server (`python -m serving.server`) on free loopback ports, once without and once
+with `--enable_batching`, and for 5-way 1-shot and 5-way 5-shot tasks (one query per class, 50
+inner steps, the default non-transductive answer) measures one client alone, then `--clients`
+clients, each with its own task, sending requests at once. For reference, in the same run: the
+FLOP floor of one 5-way 5-shot request (its forward and backward work over the measured peak
+matmul rate of the machine) and, with `--data_dir`, a training meta-iteration's time
+(`benchmarks/meta_step.py`, the same 3.99 GFLOP of inner steps). Prints one JSON object as its
+last line; exits 1 if any request failed.
 """
 
 import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import grpc  # noqa: E402
@@ -66,12 +73,13 @@ def make_request(model: str, ways: int, shots: int, steps: int, seed: int):
     return request
 
 
-def run_clients(target: str, request, clients: int, per_client: int, timeout: float) -> dict:
-    """`clients` threads, each with its own channel, sending `per_client` requests in a row."""
+def run_clients(target: str, requests, clients: int, per_client: int, timeout: float) -> dict:
+    """`clients` threads, each with its own channel and task (`requests[i]`), sending
+    `per_client` requests in a row."""
     latencies, errors, lock = [], [], threading.Lock()
     barrier = threading.Barrier(clients)
 
-    def client():
+    def client(request):
         with grpc.insecure_channel(target) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             stub.Predict(request, timeout=timeout)  # connect and warm up, not timed
@@ -86,7 +94,7 @@ def run_clients(target: str, request, clients: int, per_client: int, timeout: fl
                     with lock:
                         errors.append(f"{e.code().name}: {e.details()}")
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(requests[i],)) for i in range(clients)]
     for t in threads:
         t.start()
     start_all = time.perf_counter()
@@ -105,9 +113,41 @@ def run_clients(target: str, request, clients: int, per_client: int, timeout: fl
     }
 
 
+def request_floor_ms(inner_steps: int, shots: int, peak_gflops: float) -> tuple[float, float]:
+    """(GFLOP, ms at the peak rate) of one 5-way request: the inner steps' forward and backward
+    passes on batches of the preset's 5, and one forward pass per query on support + query."""
+    sys.path.insert(0, HERE)
+    from meta_step import forward_flops
+
+    from keras_reptile.models import build_model
+
+    forward = forward_flops(build_model("omniglot_cnn", 5, (28, 28, 1)))
+    gflop = (3 * forward * inner_steps * 5 + forward * 5 * (5 * shots + 1)) / 1e9
+    return gflop, 1000 * gflop / peak_gflops
+
+
+def training_ms(data_dir: str) -> float:
+    """A warm omniglot_5w5s meta-iteration of the trainer (benchmarks/meta_step.py)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(HERE, "meta_step.py"),
+            "--preset=omniglot_5w5s",
+            f"--data_dir={data_dir}",
+            "--iterations=50",
+            "--reference_iterations=1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])["ms_per_meta_iteration"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export_dir", help="a model's base folder (integer version folders)")
+    parser.add_argument("--data_dir", default=os.environ.get("KERAS_REPTILE_DATA_DIR"))
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=8, help="requests per client")
     parser.add_argument("--inner_steps", type=int, default=50)
@@ -115,35 +155,74 @@ def main() -> None:
     parser.add_argument(
         "--intra_op_threads", type=int, default=1, help="the server's threads per kernel"
     )
+    parser.add_argument(
+        "--batching_parameters_file", help="for the batched run (default: the server's defaults)"
+    )
+    parser.add_argument("--batching", choices=("both", "off", "on"), default="both")
     args = parser.parse_args()
+    sys.path.insert(0, HERE)
+    from meta_step import peak_matmul_gflops
 
+    peak = peak_matmul_gflops()
+    gflop, floor = request_floor_ms(args.inner_steps, 5, peak)
+    results = {
+        "cpu_count": os.cpu_count(),
+        "inner_steps": args.inner_steps,
+        "intra_op_threads": args.intra_op_threads,
+        "peak_matmul_gflops": round(peak, 1),
+        "gflop_per_5w5s_request": round(gflop, 2),
+        "flop_floor_5w5s_ms": round(floor, 1),
+    }
     with tempfile.TemporaryDirectory() as scratch:
         base = os.path.abspath(args.export_dir) if args.export_dir else export_untrained(scratch)
         model = os.path.basename(base.rstrip("/"))
+        results["model"] = model
         flags = [
             f"--model_name={model}",
             f"--model_base_path={base}",
             f"--tensorflow_intra_op_parallelism={args.intra_op_threads}",
         ]
-        results = {
-            "model": model,
-            "cpu_count": os.cpu_count(),
-            "inner_steps": args.inner_steps,
-            "intra_op_threads": args.intra_op_threads,
-        }
-        with ServerProcess(flags, rest=False) as server:
-            for shots in (1, 5):
-                request = make_request(model, 5, shots, args.inner_steps, seed=shots)
-                for clients in (1, args.clients):
-                    per_client = args.requests if clients > 1 else 2 * args.requests
-                    r = run_clients(server.grpc_target, request, clients, per_client, args.timeout)
-                    results[f"5w{shots}s_{clients}_clients"] = r
-                    print(
-                        f"5-way {shots}-shot, {clients} client(s): p50 {r['p50_ms']} ms, "
-                        f"p99 {r['p99_ms']} ms, {r['throughput_rps']} requests/s, "
-                        f"{r['errors']} errors of {r['requests']}",
-                        flush=True,
-                    )
+        modes = {"both": (False, True), "off": (False,), "on": (True,)}[args.batching]
+        for batching in modes:
+            extra = []
+            if batching:
+                extra = ["--enable_batching"]
+                if args.batching_parameters_file:
+                    extra.append(f"--batching_parameters_file={args.batching_parameters_file}")
+            label = "batching" if batching else "no_batching"
+            with ServerProcess(flags + extra, rest=False) as server:
+                for shots in (1, 5):
+                    requests = [
+                        make_request(model, 5, shots, args.inner_steps, seed=10 * shots + i)
+                        for i in range(args.clients)
+                    ]
+                    for clients in (1, args.clients):
+                        per_client = args.requests if clients > 1 else 2 * args.requests
+                        r = run_clients(
+                            server.grpc_target, requests, clients, per_client, args.timeout
+                        )
+                        results[f"{label}_5w{shots}s_{clients}_clients"] = r
+                        print(
+                            f"{label}, 5-way {shots}-shot, {clients} client(s): p50 "
+                            f"{r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['throughput_rps']} "
+                            f"requests/s, {r['errors']} errors of {r['requests']}",
+                            flush=True,
+                        )
+    if args.data_dir:
+        results["training_meta_iteration_ms"] = training_ms(args.data_dir)
+    n = args.clients
+    for label in ("no_batching", "batching"):
+        many = results.get(f"{label}_5w5s_{n}_clients")
+        if many and many["throughput_rps"]:
+            results[f"{label}_machine_ms_per_5w5s_request"] = round(
+                1000 / many["throughput_rps"], 1
+            )
+    if "batching_5w5s_1_clients" in results and "no_batching_5w5s_1_clients" in results:
+        on, off = results[f"batching_5w5s_{n}_clients"], results[f"no_batching_5w5s_{n}_clients"]
+        results["batching_speedup_5w5s"] = round(on["throughput_rps"] / off["throughput_rps"], 2)
+    alone = results.get("no_batching_5w5s_1_clients")
+    if alone:
+        results["lone_request_p50_over_floor"] = round(alone["p50_ms"] / floor, 2)
     errors = sum(v["errors"] for v in results.values() if isinstance(v, dict))
     results["errors"] = errors
     print(json.dumps(results))

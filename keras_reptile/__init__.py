@@ -1,3 +1,3 @@
 """keras-reptile: Reptile and first-order MAML in TensorFlow 2 / Keras 3."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

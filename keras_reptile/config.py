@@ -17,17 +17,28 @@ def _check_at_least(obj, names, low: int) -> None:
             raise ValueError(f"`{name}` must be >= {low}. Received: {name}={getattr(obj, name)!r}")
 
 
-def _from_dict(cls, data: dict[str, Any]):
-    """`cls(**data)` that names unknown or missing keys instead of a TypeError."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"Unknown {cls.__name__} fields {unknown}. Received: keys={sorted(data)}")
-    return cls(**data)
+class _Value:
+    """What the two frozen dataclasses share: copies with changes, and plain-dict round trips."""
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """`cls(**data)` that names unknown keys instead of raising a TypeError."""
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"Unknown {cls.__name__} fields {unknown}. Received: keys={sorted(data)}"
+            )
+        return cls(**data)
 
 
 @dataclasses.dataclass(frozen=True)
-class Recipe:
+class Recipe(_Value):
     """Everything that decides the meta-learned initialization; names follow the official code.
 
     Args:
@@ -94,16 +105,6 @@ class Recipe:
     def algorithm(self) -> str:
         return "fomaml" if self.foml else "reptile"
 
-    def replace(self, **changes) -> Recipe:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        return _from_dict(cls, data)
-
     def validate(self) -> Recipe:
         """Raises `ValueError` naming the first invalid value or impossible combination."""
         _check_at_least(
@@ -155,7 +156,7 @@ IDENTITY_FIELDS = ("dataset", "model", "classes", "seed", "sgd")
 
 
 @dataclasses.dataclass(frozen=True)
-class Protocol:
+class Protocol(_Value):
     """How an initialization is measured: the paper's evaluation settings.
 
     Per task: `shots` examples per class to adapt on, `eval_iters` inner steps on mini-batches of
@@ -182,16 +183,6 @@ class Protocol:
     eval_samples: int = 1000
     eval_queries: int = 100
     eval_train_classes: bool = True
-
-    def replace(self, **changes) -> Protocol:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Protocol:
-        return _from_dict(cls, data)
 
     @property
     def adaptation(self) -> tuple:
