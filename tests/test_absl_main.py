@@ -14,6 +14,7 @@ import tensorflow as tf
 from keras_reptile.export.model_card import ModelCard
 from keras_reptile.run import recorded_results
 from tests.conftest import REPO_ROOT
+from tests.export.helpers import LoadedWithDefaults
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO_ROOT))
 
@@ -115,7 +116,7 @@ def test_sine_default_runs_end_to_end(tmp_path):
     export = tmp_path / "saved_models/sine/1"
     card = ModelCard.read(str(export))
     assert card.find(split="test").mean == meta and card.meta_iterations == 1500
-    loaded = tf.saved_model.load(str(export))
+    loaded = LoadedWithDefaults(export)
     x = np.linspace(-4, 4, 10, dtype=np.float32)[:, None]
     adapt = loaded.signatures["adapt_and_predict"]
     y = 2 * np.sin(x + 1)
