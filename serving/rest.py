@@ -5,6 +5,7 @@
 - `GET /v1/models/<name>[/versions/<v>|/labels/<l>]/model_card`: the version's model card JSON
   (`ModelCard.to_dict()`; NOT_FOUND if it has none), an extension TF Serving does not have.
 - `POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict` (and `:classify`).
+- `GET /demo/...`: the browser demo (`serving.demo.site`), unless turned off (then NOT_FOUND).
 Errors are `{"error": "<message>"}` with the HTTP status of the TF Serving code.
 """
 
@@ -24,7 +25,8 @@ from google.protobuf import json_format
 
 from serving import json_codec, validation
 from serving.cancellation import Cancellation
-from serving.errors import ServingError, invalid
+from serving.demo import site as demo_site
+from serving.errors import ServingError, invalid, not_found
 from serving.grpc_service import signature_map, status_response
 from serving.service import MODEL_CARD, SIGNATURE_DEF, Service, Target, check_deadline
 
@@ -55,8 +57,10 @@ class RestServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, address: tuple[str, int], service: Service, timeout_ms: int):
-        self.service, self.timeout_ms = service, timeout_ms
+    def __init__(
+        self, address: tuple[str, int], service: Service, timeout_ms: int, demo: bool = True
+    ):
+        self.service, self.timeout_ms, self.demo = service, timeout_ms, demo
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
@@ -75,11 +79,20 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # the base class's signature
         logging.debug("REST %s - " + format, self.client_address[0], *args)
 
-    def _send(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
+    def _send(self, status: int, body: dict | demo_site.Response) -> None:
+        headers = {}
+        if isinstance(body, demo_site.Response):  # a file of the demo: not TF Serving's JSON
+            status, content_type, data = body.status, body.content_type, body.body
+            headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+            if body.location is not None:
+                headers["Location"] = body.location
+        else:
+            content_type, data = "application/json", json.dumps(body).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
 
@@ -111,8 +124,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self):
         self._handle("DELETE", self._malformed)
 
-    def _get(self) -> dict:
-        match = _GET.fullmatch(urllib.parse.urlsplit(self.path).path)
+    def _get(self) -> dict | demo_site.Response:
+        url = urllib.parse.urlsplit(self.path)
+        if demo_site.is_demo_path(url.path):
+            if not self.server.demo:
+                raise not_found(f"Not found: {url.path} (the demo is off: --demo=false)")
+            return demo_site.handle_get(url.path, url.query, self.server.service)
+        match = _GET.fullmatch(url.path)
         if not match:
             self._malformed()
         name, version, label, resource = match.groups()
@@ -214,8 +232,11 @@ class _Handler(BaseHTTPRequestHandler):
         return json_codec.encode_predict(result.outputs, row_format[0])
 
 
-def build_server(service: Service, host: str, port: int, timeout_ms: int) -> RestServer:
-    """A REST server bound to `host:port`, serving in a background thread."""
-    server = RestServer((host, port), service, timeout_ms)
+def build_server(
+    service: Service, host: str, port: int, timeout_ms: int, demo: bool = True
+) -> RestServer:
+    """A REST server bound to `host:port`, serving in a background thread (and the browser demo
+    at `/demo/` if `demo`)."""
+    server = RestServer((host, port), service, timeout_ms, demo)
     server.serve_in_thread()
     return server

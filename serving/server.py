@@ -75,6 +75,9 @@ flags.DEFINE_string(
     "A text-format BatchingParameters (max_batch_size counts tasks, batch_timeout_micros, "
     "num_batch_threads, max_enqueued_batches); the defaults otherwise. Needs --enable_batching.",
 )
+flags.DEFINE_bool(
+    "demo", True, "Serve the browser demo at /demo/ on the REST port (serving/demo/)."
+)
 
 
 def _check_flags() -> None:
@@ -155,7 +158,11 @@ def main(argv: list[str]) -> None:
         rest_server = None
         if FLAGS.rest_api_port:
             rest_server = rest.build_server(
-                service, FLAGS.host, FLAGS.rest_api_port, FLAGS.rest_api_timeout_in_ms
+                service,
+                FLAGS.host,
+                FLAGS.rest_api_port,
+                FLAGS.rest_api_timeout_in_ms,
+                FLAGS.demo,
             )
     except OSError as e:
         manager.stop()
@@ -164,6 +171,8 @@ def main(argv: list[str]) -> None:
     logging.info("Running gRPC ModelServer at %s:%d ...", FLAGS.host, port)
     if rest_server is not None:
         logging.info("Exporting HTTP/REST API at:%s:%d ...", FLAGS.host, FLAGS.rest_api_port)
+        if FLAGS.demo:
+            logging.info("Demo page at http://%s:%d/demo/", FLAGS.host, FLAGS.rest_api_port)
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
