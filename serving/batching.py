@@ -83,12 +83,13 @@ class BatchingParameters:
         num_batch_threads: int. Batches run at once.
         max_enqueued_batches: int. Batches that may wait; past that, requests are refused.
 
-    The defaults were chosen by measurement on a 2-core machine (docs/benchmarks.md).
+    The defaults were chosen by measurement on a 2-core CPU (docs/benchmarks.md): one batch
+    thread per core, small batches, a short wait.
     """
 
-    max_batch_size: int = 8
-    batch_timeout_micros: int = 20000
-    num_batch_threads: int = 1
+    max_batch_size: int = 4
+    batch_timeout_micros: int = 5000
+    num_batch_threads: int = 2
     max_enqueued_batches: int = 16
 
     def __post_init__(self):
