@@ -28,7 +28,12 @@ from keras_reptile.export.saved_model import (
 from keras_reptile.models import build_model
 from keras_reptile.training.evaluator import TRANSDUCTIVE, Evaluator
 from keras_reptile.training.strategy import make_strategy
-from keras_reptile.training.trainer import WARM_START_FILE, MetaTrainer, read_recipe
+from keras_reptile.training.trainer import (
+    WARM_START_FILE,
+    MetaTrainer,
+    inner_optimizer,
+    read_recipe,
+)
 
 MODES = ("train", "evaluate", "export", "all")
 RUN_FILE = "run.json"
@@ -189,8 +194,6 @@ def _write_run_info(
 
 
 def _evaluator(recipe: Recipe, protocol: Protocol, model: StackedModel) -> Evaluator:
-    from keras_reptile.training.trainer import inner_optimizer
-
     return Evaluator(model, inner_optimizer(recipe), protocol, ways=recipe.classes)
 
 

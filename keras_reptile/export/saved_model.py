@@ -103,9 +103,8 @@ class ServingModule(tf.Module):
         num_tasks = 1 if support_x.shape[0] == 1 else shape[0]
         with tf.control_dependencies(checks):
             weights, state = self._initialization(num_tasks)
-        seeds = tf.tile(tf.constant([sig.SERVING_BATCH_SEED], tf.int64), [shape[0], 1])
-        if support_x.shape[0] == 1:
-            seeds = tf.constant([sig.SERVING_BATCH_SEED], tf.int64)
+        # Every task draws its mini-batches with the same fixed seed, as it would alone.
+        seeds = tf.tile(tf.constant([sig.SERVING_BATCH_SEED], tf.int64), [num_tasks, 1])
         model = self._model
         adapted = adapt_tasks(
             model, self._optimizer, weights, state, support_x, support_y, lr, steps, batch, seeds
