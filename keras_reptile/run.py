@@ -2,7 +2,8 @@
 
 A run folder (`model_dir`) holds one training recipe's checkpoints and everything needed to go on
 without flags: `recipe.json`, `run.json` (the model's name, its default protocol, its input shape
-and where its data was read) and `eval_results.json` (every protocol measured, at which step).
+and where its data was read), `eval_results.json` (every protocol measured, at which step) and
+`periodic_results.json` (the evaluations taken while training).
 """
 
 from __future__ import annotations
@@ -26,8 +27,14 @@ from keras_reptile.export.saved_model import (
     read_exported_state,
 )
 from keras_reptile.models import build_model
-from keras_reptile.training.evaluator import TRANSDUCTIVE, Evaluator
-from keras_reptile.training.strategy import make_strategy
+from keras_reptile.training.evaluator import Evaluator
+from keras_reptile.training.results import (
+    RESULTS_FILE,
+    measurements,
+    read_measurements,
+    record_measurements,
+)
+from keras_reptile.training.strategy import is_chief, make_strategy
 from keras_reptile.training.trainer import (
     WARM_START_FILE,
     MetaTrainer,
@@ -37,7 +44,6 @@ from keras_reptile.training.trainer import (
 
 MODES = ("train", "evaluate", "export", "all")
 RUN_FILE = "run.json"
-RESULTS_FILE = "eval_results.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,15 +91,6 @@ def build_stacked_model(recipe: Recipe, input_shape) -> StackedModel:
     keras.utils.set_random_seed(recipe.seed)
     model = build_model(recipe.model, recipe.classes, tuple(input_shape))
     return StackedModel(model, recipe.is_regression)
-
-
-def _is_chief(strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or resolver.task_type is None:
-        return True
-    return resolver.task_type == "chief" or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-    )
 
 
 def run(
@@ -144,18 +141,23 @@ def run(
     splits = (
         {"test": test_tasks} if recipe.is_regression else {"train": train_tasks, "test": test_tasks}
     )
+    periodic_splits = {
+        k: v for k, v in splits.items() if k != "train" or protocol.eval_train_classes
+    }
     trainer = MetaTrainer(
         recipe,
         model,
         strategy,
         model_dir,
         train_tasks=train_tasks,
-        periodic_eval=(_evaluator(recipe, protocol, model), splits) if needs_data else None,
+        periodic_eval=(
+            (_evaluator(recipe, protocol, model), periodic_splits) if needs_data else None
+        ),
     )
     if warm_start_from:
         trainer.warm_start(read_exported_state(warm_start_from))
     step = trainer.restore()  # refuses a run folder of another recipe before anything is written
-    if _is_chief(strategy):
+    if is_chief(strategy):
         _write_run_info(model_dir, stored, name, protocol, input_shape, needs_data, data_dir,
                         data_source, tfds_manual_dir)  # fmt: skip
     if mode in ("train", "all"):
@@ -165,7 +167,7 @@ def run(
             f"No checkpoint to {mode} in the model directory; train first (--mode=train or all). "
             f"Received: model_dir={model_dir!r}"
         )
-    if not _is_chief(strategy):
+    if not is_chief(strategy):
         return []
     measured = []
     if mode in ("evaluate", "all"):
@@ -230,20 +232,10 @@ def evaluate(
             scores = evaluator.evaluate(tasks, w, s, protocol.eval_samples, key, bar.update)
         for answer, r in scores.items():
             print(f"{split:>22} {answer:>16}: {r}", flush=True)
-            measured.append(
-                Measurement(
-                    split,
-                    protocol.replace(transductive=answer == TRANSDUCTIVE),
-                    r.metric,
-                    r.mean,
-                    r.ci95,
-                    r.num_tasks,
-                    step,
-                )
-            )
+        measured += measurements(split, protocol, scores, step)
     if recipe.is_regression:
         _plot_sine(recipe, protocol, trainer, splits["test"], model_dir)
-    _record(model_dir, measured)
+    record_measurements(model_dir, measured)
     return measured
 
 
@@ -271,26 +263,8 @@ def _plot_sine(recipe, protocol, trainer, tasks, model_dir) -> None:
 
 
 def recorded_results(model_dir: str) -> list[Measurement]:
-    """Every measurement recorded in the run folder."""
-    path = os.path.join(model_dir, RESULTS_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [Measurement.from_dict(m) for m in json.load(f)]
-
-
-def _record(model_dir: str, measured: list[Measurement]) -> None:
-    """Adds `measured` to the run folder's results, replacing a same-protocol earlier entry."""
-
-    def key(m):
-        return (m.split, m.protocol, m.meta_iterations)
-
-    new = {key(m) for m in measured}
-    kept = [m for m in recorded_results(model_dir) if key(m) not in new]
-    path = os.path.join(model_dir, RESULTS_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump([m.to_dict() for m in kept + measured], f, indent=2)
-    os.replace(path + ".tmp", path)
+    """Every evaluation recorded in the run folder."""
+    return read_measurements(model_dir, RESULTS_FILE)
 
 
 def export(name: str, protocol: Protocol, trainer: MetaTrainer, export_dir: str) -> str:

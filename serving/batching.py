@@ -270,15 +270,20 @@ class TaskBatcher:
                 self._run(batch.servable, items)
 
     def _run(self, servable, items: list[_Item]) -> None:
-        first = items[0].arrays
-        stacked = {
-            k: (np.stack([it.arrays[k] for it in items]) if k not in sig.OPTIONAL_SCALARS else v)
-            for k, v in first.items()
-        }
         try:
-            outputs = servable.run(sig.ADAPT_AND_PREDICT_TASKS, stacked, check_outputs=False)
-            for t, item in enumerate(items):
-                item.outputs = {k: v[t] for k, v in outputs.items()}
+            if len(items) == 1:  # nothing to stack: the one-task signature, without a task loop
+                answers = [
+                    servable.run(sig.ADAPT_AND_PREDICT, items[0].arrays, check_outputs=False)
+                ]
+            else:
+                stacked = {
+                    k: v if k in sig.OPTIONAL_SCALARS else np.stack([it.arrays[k] for it in items])
+                    for k, v in items[0].arrays.items()
+                }
+                outputs = servable.run(sig.ADAPT_AND_PREDICT_TASKS, stacked, check_outputs=False)
+                answers = [{k: v[t] for k, v in outputs.items()} for t in range(len(items))]
+            for item, answer in zip(items, answers):
+                item.outputs = answer
                 try:  # one task's non-finite answer fails that request only
                     servable.check_outputs(sig.ADAPT_AND_PREDICT, item.outputs)
                 except ServingError as e:

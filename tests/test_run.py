@@ -3,9 +3,17 @@ import pytest
 import tensorflow as tf
 
 from keras_reptile.config import Protocol, Recipe
-from keras_reptile.export.model_card import ModelCard, WarmStart
+from keras_reptile.data.tasks import ClassificationTasks
+from keras_reptile.export.model_card import Measurement, ModelCard, WarmStart
 from keras_reptile.export.saved_model import read_exported_state
 from keras_reptile.run import read_run, recorded_results, run
+from keras_reptile.training.results import (
+    PERIODIC_RESULTS_FILE,
+    RESULTS_FILE,
+    read_measurements,
+    record_measurements,
+)
+from tests.fakes import fake_class_images
 
 # Adam in the inner loop, so the carried statistics travel through the export too; a constant
 # meta step, so a run continued from an export can be compared with one that never stopped.
@@ -170,3 +178,54 @@ def test_export_needs_no_data(tmp_path, monkeypatch):
     monkeypatch.setattr(run_module, "load_tasks", no_data)
     _run(SINE, tmp_path, "run", mode="export")
     assert _card(tmp_path / "run_export").meta_iterations == 4
+
+
+def test_periodic_evaluations_are_recorded_from_the_initialization_on(tmp_path):
+    recipe = SINE.replace(eval_interval=2, eval_interval_samples=4)
+    _run(recipe, tmp_path, "periodic", mode="train")
+    measured = read_measurements(str(tmp_path / "periodic"), PERIODIC_RESULTS_FILE)
+    assert [m.meta_iterations for m in measured] == [0, 2, 4]
+    assert {(m.split, m.metric, m.num_tasks) for m in measured} == {("test", "mse", 4)}
+    assert measured[0].protocol == PROTOCOL.replace(eval_samples=4)
+    assert measured[-1].mean < measured[0].mean  # the curve learns
+    # A resumed run measures again from its checkpoint; the file keeps one entry per step.
+    _run(recipe.replace(meta_iters=6), tmp_path, "periodic", mode="train")
+    measured = read_measurements(str(tmp_path / "periodic"), PERIODIC_RESULTS_FILE)
+    assert [m.meta_iterations for m in measured] == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize("train_classes", [False, True])
+def test_periodic_evaluation_scores_training_classes_only_if_the_protocol_does(
+    tmp_path, monkeypatch, train_classes
+):
+    import keras_reptile.run as run_module
+
+    def fake_data(*args, **kwargs):
+        return (
+            ClassificationTasks(fake_class_images(seed=0)),
+            ClassificationTasks(fake_class_images(seed=1)),
+        )
+
+    monkeypatch.setattr(run_module, "load_tasks", fake_data)
+    recipe = Recipe(
+        dataset="omniglot", model="omniglot_cnn", classes=3, train_shots=2, inner_batch=6,
+        inner_iters=1, meta_batch=1, meta_iters=2, eval_interval=2, eval_interval_samples=2,
+    )  # fmt: skip
+    protocol = Protocol(shots=1, eval_iters=1, eval_batch=3, eval_train_classes=train_classes)
+    _run(recipe, tmp_path, "run", protocol=protocol, mode="train")
+    measured = read_measurements(str(tmp_path / "run"), PERIODIC_RESULTS_FILE)
+    splits = ["test", "train"] if train_classes else ["test"]
+    assert sorted({m.split for m in measured}) == splits
+    assert len(measured) == 2 * 2 * len(splits)  # steps 0 and 2, both answers
+
+
+def test_measurements_replace_the_same_split_protocol_and_step(tmp_path):
+    def m(step, mean, split="test"):
+        return Measurement(split, PROTOCOL, "mse", mean, 0.1, 8, step)
+
+    record_measurements(str(tmp_path), [m(0, 3.0), m(2, 2.0)])
+    record_measurements(str(tmp_path), [m(2, 1.5), m(2, 9.0, split="train")])
+    assert read_measurements(str(tmp_path)) == [m(0, 3.0), m(2, 1.5), m(2, 9.0, split="train")]
+    (tmp_path / RESULTS_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="Cannot read the run's eval_results.json"):
+        read_measurements(str(tmp_path))

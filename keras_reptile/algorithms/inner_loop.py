@@ -65,8 +65,10 @@ def sgd_step(model: StackedModel, optimizer: InnerOptimizer, weights, state, x, 
         loss = model.loss(weights, x, y)
     # A weight that changes no output (a bias BatchNorm cancels) has a zero gradient.
     grads = tape.gradient(loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    weights, state = optimizer.apply(weights, grads, state, lr)
-    return weights, state, loss
+    new_weights, state = optimizer.apply(weights, grads, state, lr)
+    for new, old in zip(new_weights, weights):
+        new.set_shape(old.shape)  # gradients through a batch of unknown size can lose it
+    return new_weights, state, loss
 
 
 def inner_loop(

@@ -1,10 +1,11 @@
-"""A Keras model as a pure function of stacked weights: `T` tasks' networks as one set of kernels.
+"""A Keras model as a pure function of stacked weights: `T` tasks' networks in one graph.
 
-Each trainable weight gets a leading task axis `T`. Convolutions become one grouped convolution
-with `T` groups (channels laid out task-major), so BatchNorm's per-channel batch statistics are per
-task by construction; dense layers become batched matmuls. One forward/backward pass trains `T`
-independent tasks. A single task is a stack of one, computed with plain kernels (the task axis is
-removed by reshapes, never by transposes). The tests check this against Keras' own
+Each trainable weight gets a leading task axis `T`. With `T` known when tracing, each task's image
+layers run on plain kernels of its own (TensorFlow's executor runs the tasks' ops side by side),
+so a task's result is the same whatever it is stacked with; dense layers are batched matmuls.
+One forward/backward pass trains `T` independent tasks; a single task is a stack of one. A task
+count known only at run time (forward passes of the serving signatures) runs the image layers as
+one grouped convolution with `T` groups. The tests check both against Keras' own
 `stateless_call`, task by task.
 
 Only what is computed exactly is accepted: a model with another layer or option is refused when
@@ -14,7 +15,6 @@ the `StackedModel` is built.
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 _ACTIVATIONS = {"linear": None, "relu": tf.nn.relu, "tanh": tf.tanh}
@@ -156,55 +156,114 @@ class StackedModel:
         return [tf.constant(keras.ops.convert_to_numpy(v)) for v in self.model.trainable_variables]
 
     def __call__(self, weights: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
-        """Outputs `[T, batch, outputs]` of each task's network on its own batch."""
-        single = x.shape[0] == 1  # a stack of one: plain kernels, reshapes only
-        num_tasks = 1 if single else tf.shape(x)[0]
-        grouped = False  # False: x is [T, B, ...]; True: x is [B, H, W, T*C]
-        for layer, i in self._layers:
-            if isinstance(layer, _IMAGE_LAYERS) and not grouped:
-                x, grouped = _to_grouped(x, single), True
-            if isinstance(layer, keras.layers.Conv2D):
-                x = tf.nn.conv2d(
-                    x, _grouped_kernel(weights[i], single), layer.strides, layer.padding.upper()
-                )
-                if layer.use_bias and id(layer) not in self._cancelled_bias:
-                    x = x + tf.reshape(weights[i + 1], [-1])
-                x = _activate(layer, x)
-            elif isinstance(layer, keras.layers.BatchNormalization):
-                mean, var = tf.nn.moments(x, axes=[0, 1, 2])
-                gamma, beta = (tf.reshape(w, [-1]) for w in weights[i : i + 2])
-                x = tf.nn.batch_normalization(x, mean, var, beta, gamma, layer.epsilon)
-            elif isinstance(layer, keras.layers.ReLU):
-                x = tf.nn.relu(x)
-            elif isinstance(layer, keras.layers.MaxPooling2D):
-                x = tf.nn.max_pool2d(x, layer.pool_size, layer.strides, layer.padding.upper())
-            elif isinstance(layer, keras.layers.Flatten):
-                if grouped and single:  # [B, H, W, C]
-                    x = tf.reshape(x, [1, -1, int(np.prod(x.shape[1:]))])
-                else:
-                    if grouped:  # [B, H, W, T*C] -> [T, B, H, W, C]
-                        b, h, w = tf.shape(x)[0], x.shape[1], x.shape[2]
-                        x = tf.reshape(x, [b, h, w, num_tasks, -1])
-                        x = tf.transpose(x, [3, 0, 1, 2, 4])
-                    x = tf.reshape(x, [num_tasks, tf.shape(x)[1], -1])
-                grouped = False
-            elif isinstance(layer, keras.layers.Dense):
-                x = tf.matmul(x, weights[i])
-                if layer.use_bias:
-                    x = x + weights[i + 1][:, None, :]
-                x = _activate(layer, x)
-        if grouped:  # a model that ends on an image layer
-            raise ValueError(f"Model {self.model.name} must end with Flatten and Dense layers.")
-        return x
+        """Outputs `[T, batch, outputs]` of each task's network on its own batch.
+
+        With `T` known when tracing, each task runs as a network of its own (`network`), so its
+        outputs and gradients are bit-identical to the task's alone. A `T` known only at run time
+        runs the image layers as one grouped convolution: forward only, since TensorFlow
+        differentiates grouped convolutions on CPU only under oneDNN.
+        """
+        num_tasks = x.shape[0]
+        if num_tasks:
+            return tf.stack([self.network(w, x_t) for w, x_t in self._tasks(weights, x)])
+        return self._grouped(weights, x)
 
     def loss(self, weights: list[tf.Tensor], x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         """Sum over tasks of each task's loss (so each task's gradient is its own loss's)."""
-        outputs = self(weights, x)
+        if x.shape[0]:
+            ys = tf.unstack(y, x.shape[0])
+            return tf.add_n(
+                [
+                    self._task_loss(self.network(w, x_t), ys[t])
+                    for t, (w, x_t) in enumerate(self._tasks(weights, x))
+                ]
+            )
+        outputs = self._grouped(weights, x)
         if self.regression:
             return tf.reduce_sum(tf.reduce_mean(tf.square(outputs - y), axis=[1, 2]))
         return tf.reduce_sum(
             tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=outputs)
         )
+
+    def _task_loss(self, outputs: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        if self.regression:
+            return tf.reduce_mean(tf.square(outputs - y))
+        return tf.reduce_sum(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=outputs)
+        )
+
+    def _tasks(self, weights: list[tf.Tensor], x: tf.Tensor):
+        """`(weights, x)` of each of the `T` tasks, the task axis removed."""
+        num_tasks = x.shape[0]
+        if num_tasks == 1:  # reshapes only
+            return [([w[0] for w in weights], x[0])]
+        per_task = [tf.unstack(w, num_tasks) for w in weights]
+        return [([w[t] for w in per_task], x_t) for t, x_t in enumerate(tf.unstack(x, num_tasks))]
+
+    def network(self, weights: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        """One task's network: outputs `[batch, outputs]` of weights without a task axis."""
+        for layer, i in self._layers:
+            n = len(layer.trainable_weights)
+            if isinstance(layer, keras.layers.Flatten):
+                x = tf.reshape(x, [tf.shape(x)[0], -1])
+            elif isinstance(layer, keras.layers.Dense):
+                x = tf.matmul(x, weights[i])
+                if layer.use_bias:
+                    x = x + weights[i + 1]
+                x = _activate(layer, x)
+            else:
+                x = self._image_layer(layer, weights[i : i + n], x)
+        return x
+
+    def _grouped(self, weights: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        """`__call__` for a task count known only at run time: image layers on `[B, H, W, T*C]`
+        with one group of channels per task, dense layers as batched matmuls."""
+        image_x = None
+        for layer, i in self._layers:
+            n = len(layer.trainable_weights)
+            if isinstance(layer, keras.layers.Flatten):
+                if image_x is None:
+                    x = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], -1])
+                else:  # [B, H, W, T*C] -> [T, B, H*W*C]
+                    b, h, w = tf.shape(image_x)[0], image_x.shape[1], image_x.shape[2]
+                    x = tf.reshape(image_x, [b, h, w, tf.shape(weights[0])[0], -1])
+                    x = tf.transpose(x, [3, 0, 1, 2, 4])
+                    x = tf.reshape(x, [tf.shape(x)[0], b, -1])
+                image_x = None
+            elif isinstance(layer, keras.layers.Dense) or (
+                image_x is None and isinstance(layer, keras.layers.ReLU)
+            ):
+                if isinstance(layer, keras.layers.ReLU):
+                    x = tf.nn.relu(x)
+                    continue
+                x = tf.matmul(x, weights[i])
+                if layer.use_bias:
+                    x = x + weights[i + 1][:, None, :]
+                x = _activate(layer, x)
+            else:
+                if image_x is None:
+                    image_x = _to_grouped(x)
+                grouped = [_grouped_weight(w) for w in weights[i : i + n]]
+                image_x = self._image_layer(layer, grouped, image_x)
+        if image_x is not None:  # a model that ends on an image layer
+            raise ValueError(f"Model {self.model.name} must end with Flatten and Dense layers.")
+        return x
+
+    def _image_layer(self, layer, weights: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        """One per-channel layer on `x` [..., C'] with its weights laid out for C' channels (one
+        task's, or all tasks' grouped). ReLU layers of vector models come here too."""
+        if isinstance(layer, keras.layers.Conv2D):
+            x = tf.nn.conv2d(x, weights[0], layer.strides, layer.padding.upper())
+            if layer.use_bias and id(layer) not in self._cancelled_bias:
+                x = x + tf.reshape(weights[1], [-1])
+            return _activate(layer, x)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            mean, var = tf.nn.moments(x, axes=[0, 1, 2])
+            gamma, beta = (tf.reshape(w, [-1]) for w in weights[:2])
+            return tf.nn.batch_normalization(x, mean, var, beta, gamma, layer.epsilon)
+        if isinstance(layer, keras.layers.ReLU):
+            return tf.nn.relu(x)
+        return tf.nn.max_pool2d(x, layer.pool_size, layer.strides, layer.padding.upper())
 
 
 def stack(weights: list[tf.Tensor], num_tasks) -> list[tf.Tensor]:
@@ -214,21 +273,19 @@ def stack(weights: list[tf.Tensor], num_tasks) -> list[tf.Tensor]:
     return [tf.repeat(w[None], num_tasks, axis=0) for w in weights]
 
 
-def _to_grouped(x: tf.Tensor, single: bool) -> tf.Tensor:
+def _to_grouped(x: tf.Tensor) -> tf.Tensor:
     """[T, B, H, W, C] -> [B, H, W, T*C], task-major channels."""
-    h, w, c = x.shape[2:]
-    if single:
-        return tf.reshape(x, [-1, h, w, c])
     x = tf.transpose(x, [1, 2, 3, 0, 4])
-    return tf.reshape(x, [tf.shape(x)[0], h, w, -1])
+    return tf.reshape(x, [tf.shape(x)[0], *x.shape[1:3], -1])
 
 
-def _grouped_kernel(kernel: tf.Tensor, single: bool) -> tf.Tensor:
-    """[T, kh, kw, C, O] -> [kh, kw, C, T*O]: one group of output channels per task."""
-    kh, kw, c, o = kernel.shape[1:]
-    if single:
-        return tf.reshape(kernel, [kh, kw, c, o])
-    return tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [kh, kw, c, -1])
+def _grouped_weight(weight: tf.Tensor) -> tf.Tensor:
+    """A task-stacked weight for the grouped layout: a kernel [T, kh, kw, C, O] becomes
+    [kh, kw, C, T*O] (one group of output channels per task); a vector [T, C] becomes [T*C]."""
+    if len(weight.shape) != 5:
+        return tf.reshape(weight, [-1])
+    kh, kw, c = weight.shape[1:4]
+    return tf.reshape(tf.transpose(weight, [1, 2, 3, 0, 4]), [kh, kw, c, -1])
 
 
 def _activate(layer, x: tf.Tensor) -> tf.Tensor:

@@ -24,6 +24,9 @@ from keras_reptile.config import Protocol
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
 
+# Tasks of one adapt_and_predict_tasks call adapting at the same time.
+_PARALLEL_TASKS = 4
+
 
 class ServingModule(tf.Module):
     """Tracks the raw weight and Adam variables and defines the serving signatures.
@@ -100,11 +103,26 @@ class ServingModule(tf.Module):
                     support_y, self.ways, message=f"labels must be < {self.ways}"
                 ),
             ]
-        num_tasks = 1 if support_x.shape[0] == 1 else shape[0]
         with tf.control_dependencies(checks):
-            weights, state = self._initialization(num_tasks)
+            if support_x.shape[0] == 1:
+                return self._adapt_and_predict_one(support_x, support_y, query_x, steps, batch, lr,
+                                                   transductive)  # fmt: skip
+            # A task count known only at run time: each task adapts as a stack of one, so its
+            # answer is the one it gets alone; the executor runs tasks side by side.
+            return tf.map_fn(
+                lambda task: self._adapt_and_predict_one(
+                    task[0][None], task[1][None], task[2][None], steps, batch, lr, transductive
+                )[0],
+                (support_x, support_y, query_x),
+                fn_output_signature=tf.float32,
+                parallel_iterations=_PARALLEL_TASKS,
+            )
+
+    def _adapt_and_predict_one(self, support_x, support_y, query_x, steps, batch, lr, transductive):
+        """`_adapt_and_predict` of one task `[1, S, ...]`, `[1, S]`, `[1, Q, ...]`."""
+        weights, state = self._initialization(1)
         # Every task draws its mini-batches with the same fixed seed, as it would alone.
-        seeds = tf.tile(tf.constant([sig.SERVING_BATCH_SEED], tf.int64), [num_tasks, 1])
+        seeds = tf.constant([sig.SERVING_BATCH_SEED], tf.int64)
         model = self._model
         adapted = adapt_tasks(
             model, self._optimizer, weights, state, support_x, support_y, lr, steps, batch, seeds

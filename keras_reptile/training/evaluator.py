@@ -116,6 +116,7 @@ class Evaluator:
         )
         outputs = []
         for sx, sy, qx, seeds in groups:
+            sx, sy, qx = (_as_served(t) for t in (sx, sy, qx))
             size = sx.shape[0] or tf.shape(sx)[0]
             adapted = adapt_tasks(
                 self.model,
@@ -124,9 +125,9 @@ class Evaluator:
                 stack_state(state, size),
                 sx,
                 sy,
-                p.learning_rate,
-                p.eval_iters,
-                p.eval_batch,
+                _as_served(tf.constant(p.learning_rate, tf.float32)),
+                _as_served(tf.constant(p.eval_iters, tf.int32)),
+                _as_served(tf.constant(p.eval_batch, tf.int32)),
                 seeds,
             )
             outputs.append([predict_tasks(self.model, adapted, sx, qx, t) for t in transductive])
@@ -177,3 +178,17 @@ class Evaluator:
             NON_TRANSDUCTIVE: EvalResult.from_scores("accuracy", scores[:, 0]),
             TRANSDUCTIVE: EvalResult.from_scores("accuracy", scores[:, 1]),
         }
+
+
+def _as_served(value) -> tf.Tensor:
+    """`value` as a served graph sees it: a settings value known only at run time, an example
+    count (axis 1) unknown.
+
+    TensorFlow's graph optimizer rewrites arithmetic differently when it knows shapes or values,
+    and the inner loop's Adam turns such rounding differences into visible ones. Hiding from the
+    evaluator's graph what a served graph cannot know makes its answers bit-identical to
+    `adapt_and_predict`'s.
+    """
+    value = tf.convert_to_tensor(value)
+    shape = value.shape if value.shape.rank < 2 else [value.shape[0], None, *value.shape[2:]]
+    return tf.compat.v1.placeholder_with_default(value, shape)

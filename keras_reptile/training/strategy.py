@@ -34,6 +34,16 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     raise ValueError(f"Unknown strategy. Expected one of {STRATEGIES}. Received: strategy={name!r}")
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files (the only one, or the chief worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+    )
+
+
 def tasks_per_replica(strategy: tf.distribute.Strategy, meta_batch: int) -> int:
     """Splits the meta-batch evenly across replicas; raises if it does not divide."""
     replicas = strategy.num_replicas_in_sync

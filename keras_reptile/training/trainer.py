@@ -22,8 +22,13 @@ from keras_reptile.algorithms import (
 )
 from keras_reptile.config import IDENTITY_FIELDS, Recipe
 from keras_reptile.data.streams import Stream, stream_key
+from keras_reptile.training.results import (
+    PERIODIC_RESULTS_FILE,
+    measurements,
+    record_measurements,
+)
 from keras_reptile.training.state import MetaState
-from keras_reptile.training.strategy import tasks_per_replica
+from keras_reptile.training.strategy import is_chief, tasks_per_replica
 
 log = logging.getLogger(__name__)
 
@@ -145,15 +150,11 @@ class MetaTrainer:
 
     # ----- driver -----
     def _checkpoint_dir(self) -> str:
-        resolver = getattr(self.strategy, "cluster_resolver", None)
-        if (
-            resolver is not None
-            and resolver.task_type not in (None, "chief")
-            and not (resolver.task_type == "worker" and resolver.task_id == 0)
-        ):
-            # Non-chief workers of multi_worker_mirrored must save too, but to a scratch directory.
-            return os.path.join(self.model_dir, f"scratch_{resolver.task_type}_{resolver.task_id}")
-        return os.path.join(self.model_dir, "checkpoints")
+        if is_chief(self.strategy):
+            return os.path.join(self.model_dir, "checkpoints")
+        # Non-chief workers of multi_worker_mirrored must save too, but to a scratch directory.
+        resolver = self.strategy.cluster_resolver
+        return os.path.join(self.model_dir, f"scratch_{resolver.task_type}_{resolver.task_id}")
 
     def _latest_checkpoint(self) -> str | None:
         # Every worker restores the chief's checkpoint, whichever folder it saves to.
@@ -265,6 +266,8 @@ class MetaTrainer:
             dynamic_ncols=True,
         )
         step = start
+        if step == 0 and r.eval_interval and self.periodic_eval:
+            self._periodic_eval(step, writer, bar)  # the curves start at the initialization
         while step < r.meta_iters:
             stop = min(r.meta_iters, *[(step // b + 1) * b for b in boundaries])
             loss, eps = train_loop(tf.constant(stop - step))
@@ -283,10 +286,13 @@ class MetaTrainer:
         return step
 
     def _periodic_eval(self, step: int, writer, bar) -> None:
+        """Scores `eval_interval_samples` tasks per split (the same tasks every time) and records
+        them in TensorBoard and the run folder's `periodic_results.json`."""
         r = self.recipe
         evaluator, splits = self.periodic_eval
         weights, state = self.state.read_weights(), self.state.optimizer_state()
-        parts = []
+        protocol = evaluator.protocol.replace(eval_samples=r.eval_interval_samples)
+        parts, measured = [], []
         for split, tasks in splits.items():
             key = stream_key(r.seed, Stream.PERIODIC_EVALUATION, split)
             results = evaluator.evaluate(tasks, weights, state, r.eval_interval_samples, key)
@@ -294,6 +300,9 @@ class MetaTrainer:
                 for answer, result in results.items():
                     tf.summary.scalar(f"eval/{split}/{answer}", result.mean)
             parts.append(f"{split}: " + ", ".join(f"{a} {res}" for a, res in results.items()))
+            measured += measurements(split, protocol, results, step)
+        if is_chief(self.strategy):
+            record_measurements(self.model_dir, measured, PERIODIC_RESULTS_FILE)
         bar.write(f"step {step}: " + "; ".join(parts))
 
 

@@ -76,6 +76,41 @@ def test_a_stack_of_one_has_no_transpose():
     assert "Transpose" not in ops and "Conv2D" in ops
 
 
+def test_a_task_count_known_only_at_run_time_gives_the_same_outputs():
+    model, _ = both("omniglot_cnn", 5, (28, 28, 1), False)
+    weights = perturbed(model)
+    x = tf.random.uniform([T, 6, 28, 28, 1])
+    fn = tf.function(
+        lambda w, x: model(w, x),
+        input_signature=[
+            [tf.TensorSpec([None, *s]) for s in model.weight_shapes],
+            tf.TensorSpec([None, None, 28, 28, 1]),
+        ],
+    )
+    np.testing.assert_allclose(fn(weights, x), model(weights, x), atol=1e-5)
+
+
+def test_a_task_is_computed_the_same_whatever_it_is_stacked_with():
+    # Each task's image layers run on kernels of its own: bit-identical to the task alone (the
+    # served answer), not only close.
+    model, _ = both("omniglot_cnn", 3, (28, 28, 1), False)
+    opt = InnerOptimizer("adam")
+    theta = model.initial_weights()
+    state = opt.init_state(theta)._replace(step=tf.constant(40.0))
+    x, y = classification_tasks()
+    seeds = tf.constant([[5, t] for t in range(T)], tf.int64)
+    run = tf.function(
+        lambda w, s, sx, sy, seeds: adapt_tasks(model, opt, w, s, sx, sy, 0.001, 4, 5, seeds)
+    )
+    together = run(stack(theta, T), stack_state(state, T), x, y, seeds)
+    for t in range(T):
+        alone = run(
+            stack(theta, 1), stack_state(state, 1), x[t : t + 1], y[t : t + 1], seeds[t : t + 1]
+        )
+        for a, b in zip(together, alone):
+            np.testing.assert_array_equal(a[t], b[0])
+
+
 def classification_tasks(ways=3, per_class=4, seed=1):
     x = tf.random.stateless_uniform([T, ways * per_class, 28, 28, 1], [seed, 0])
     y = tf.tile(tf.repeat(tf.range(ways), per_class)[None], [T, 1])

@@ -1,0 +1,64 @@
+"""The measurements a run folder keeps: its evaluations (`eval_results.json`) and the periodic
+ones taken while it trained (`periodic_results.json`)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from keras_reptile.config import Protocol
+from keras_reptile.export.model_card import Measurement
+from keras_reptile.training.evaluator import TRANSDUCTIVE, EvalResult
+
+RESULTS_FILE = "eval_results.json"
+PERIODIC_RESULTS_FILE = "periodic_results.json"
+
+
+def measurements(
+    split: str, protocol: Protocol, scores: dict[str, EvalResult], meta_iterations: int
+) -> list[Measurement]:
+    """One `Measurement` per answer of an `Evaluator.evaluate` result."""
+    return [
+        Measurement(
+            split,
+            protocol.replace(transductive=answer == TRANSDUCTIVE),
+            r.metric,
+            r.mean,
+            r.ci95,
+            r.num_tasks,
+            meta_iterations,
+        )
+        for answer, r in scores.items()
+    ]
+
+
+def read_measurements(model_dir: str, filename: str = RESULTS_FILE) -> list[Measurement]:
+    """Every measurement recorded in `model_dir/filename` (none if there is no such file)."""
+    path = os.path.join(model_dir, filename)
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            return [Measurement.from_dict(m) for m in json.load(f)]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"Cannot read the run's {filename}: {e}. Received: path={path!r}"
+        ) from None
+
+
+def record_measurements(
+    model_dir: str, measured: list[Measurement], filename: str = RESULTS_FILE
+) -> None:
+    """Adds `measured` to `model_dir/filename`, replacing an entry of the same split, protocol and
+    meta-iteration (a run resumed from an earlier checkpoint measures those again)."""
+
+    def key(m):
+        return (m.split, m.protocol, m.meta_iterations)
+
+    new = {key(m) for m in measured}
+    kept = [m for m in read_measurements(model_dir, filename) if key(m) not in new]
+    entries = sorted(kept + measured, key=lambda m: m.meta_iterations)
+    path = os.path.join(model_dir, filename)
+    with open(path + ".tmp", "w") as f:
+        json.dump([m.to_dict() for m in entries], f, indent=2)
+    os.replace(path + ".tmp", path)
