@@ -169,20 +169,23 @@ class StackedModel:
         return self._grouped(weights, x)
 
     def loss(self, weights: list[tf.Tensor], x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        """Sum over tasks of each task's loss (so each task's gradient is its own loss's)."""
-        if x.shape[0]:
-            ys = tf.unstack(y, x.shape[0])
-            return tf.add_n(
-                [
-                    self._task_loss(self.network(w, x_t), ys[t])
-                    for t, (w, x_t) in enumerate(self._tasks(weights, x))
-                ]
+        """Sum over tasks of each task's loss (so each task's gradient is its own loss's).
+
+        Needs the task count when tracing: the loss is for gradients, and a stack of unknown size
+        is grouped, which TensorFlow cannot differentiate on CPU without oneDNN.
+        """
+        num_tasks = x.shape[0]
+        if not num_tasks:
+            raise ValueError(
+                "The loss needs the number of stacked tasks when tracing. "
+                f"Received: x.shape={x.shape}"
             )
-        outputs = self._grouped(weights, x)
-        if self.regression:
-            return tf.reduce_sum(tf.reduce_mean(tf.square(outputs - y), axis=[1, 2]))
-        return tf.reduce_sum(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=outputs)
+        ys = tf.unstack(y, num_tasks)
+        return tf.add_n(
+            [
+                self._task_loss(self.network(w, x_t), ys[t])
+                for t, (w, x_t) in enumerate(self._tasks(weights, x))
+            ]
         )
 
     def _task_loss(self, outputs: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -230,12 +233,9 @@ class StackedModel:
                     x = tf.transpose(x, [3, 0, 1, 2, 4])
                     x = tf.reshape(x, [tf.shape(x)[0], b, -1])
                 image_x = None
-            elif isinstance(layer, keras.layers.Dense) or (
-                image_x is None and isinstance(layer, keras.layers.ReLU)
-            ):
-                if isinstance(layer, keras.layers.ReLU):
-                    x = tf.nn.relu(x)
-                    continue
+            elif image_x is None and isinstance(layer, keras.layers.ReLU):
+                x = tf.nn.relu(x)
+            elif isinstance(layer, keras.layers.Dense):
                 x = tf.matmul(x, weights[i])
                 if layer.use_bias:
                     x = x + weights[i + 1][:, None, :]
