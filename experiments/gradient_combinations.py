@@ -14,8 +14,10 @@ to the CSV when the run completes; an interrupted run resumes from its last chec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import os
 import sys
 
@@ -166,6 +168,18 @@ def write_csv(path: str, rows: list[dict]) -> None:
     os.replace(path + ".tmp", path)
 
 
+@contextlib.contextmanager
+def locked(path: str):
+    """Holds an exclusive lock beside `path`: grid processes side by side update it in turn."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def plot(csv_path: str, png_path: str) -> None:
     """Test accuracy against meta-iteration, one line per combination, from the CSV alone."""
     import matplotlib
@@ -213,6 +227,13 @@ def main(argv=None) -> int:
     parser.add_argument("--csv", default=CSV_PATH)
     parser.add_argument("--png", default=PNG_PATH)
     parser.add_argument("--plot_only", action="store_true", help="redraw the figure and stop")
+    parser.add_argument(
+        "--intra_op_threads",
+        type=int,
+        default=0,
+        help="threads per kernel (0: TensorFlow's default); 1 suits one grid process per core",
+    )
+    parser.add_argument("--inter_op_threads", type=int, default=0)
     args = parser.parse_args(argv)
 
     if args.plot_only:
@@ -232,6 +253,9 @@ def main(argv=None) -> int:
             f"eval_interval={args.eval_interval}"
         )
     from keras_reptile.run import run
+    from keras_reptile.training.strategy import set_threads
+
+    set_threads(args.intra_op_threads, args.inter_op_threads)
 
     for name in names:
         c = BY_NAME[name]
@@ -256,9 +280,10 @@ def main(argv=None) -> int:
                 "trained with other settings? Use another --runs_dir. "
                 f"Received: last={rows[-1]['meta_iteration'] if rows else None}"
             )
-        others = [r for r in read_csv(args.csv) if r["combination"] != name]
-        write_csv(args.csv, others + rows)
-        plot(args.csv, args.png)
+        with locked(args.csv):
+            others = [r for r in read_csv(args.csv) if r["combination"] != name]
+            write_csv(args.csv, others + rows)
+            plot(args.csv, args.png)
         print(f"{name}: {len(rows)} points added to {args.csv}; figure {args.png}", flush=True)
     return 0
 

@@ -1,6 +1,7 @@
 """The gradient-combination experiment: its ten runs, its CSV and its figure."""
 
 import csv
+import fcntl
 import importlib.util
 import pathlib
 import sys
@@ -59,8 +60,20 @@ def test_bad_arguments_are_named(tmp_path):
         gc.main(["--only=g5", f"--csv={tmp_path / 'c.csv'}"])
     with pytest.raises(ValueError, match="multiple of `eval_interval`"):
         gc.main(["--meta_iters=5", "--eval_interval=2", f"--csv={tmp_path / 'c.csv'}"])
+    with pytest.raises(ValueError, match=r"Received: intra_op_threads=-1"):
+        gc.main(["--intra_op_threads=-1", "--only=g1", f"--csv={tmp_path / 'c.csv'}"])
     with pytest.raises(ValueError, match="No curves to draw"):
         gc.main(["--plot_only", f"--csv={tmp_path / 'c.csv'}", f"--png={tmp_path / 'c.png'}"])
+
+
+def test_grid_processes_update_the_csv_in_turn(tmp_path):
+    path = str(tmp_path / "c.csv")
+    with gc.locked(path):
+        with open(path + ".lock") as other:  # another process's attempt, not waiting
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(path + ".lock") as other:  # released
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _rows(path: pathlib.Path) -> list[dict]:
