@@ -14,12 +14,12 @@ to the CSV when the run completes; an interrupted run resumes from its last chec
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import dataclasses
-import fcntl
 import os
 import sys
+
+import filelock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script
 
@@ -168,16 +168,13 @@ def write_csv(path: str, rows: list[dict]) -> None:
     os.replace(path + ".tmp", path)
 
 
-@contextlib.contextmanager
-def locked(path: str):
-    """Holds an exclusive lock beside `path`: grid processes side by side update it in turn."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def add_curve(csv_path: str, png_path: str, name: str, rows: list[dict]) -> None:
+    """Replaces curve `name` in the CSV by `rows` and redraws the figure, under a lock: grid
+    processes side by side update them in turn."""
+    with filelock.FileLock(csv_path + ".lock"):
+        others = [r for r in read_csv(csv_path) if r["combination"] != name]
+        write_csv(csv_path, others + rows)
+        plot(csv_path, png_path)
 
 
 def plot(csv_path: str, png_path: str) -> None:
@@ -280,10 +277,7 @@ def main(argv=None) -> int:
                 "trained with other settings? Use another --runs_dir. "
                 f"Received: last={rows[-1]['meta_iteration'] if rows else None}"
             )
-        with locked(args.csv):
-            others = [r for r in read_csv(args.csv) if r["combination"] != name]
-            write_csv(args.csv, others + rows)
-            plot(args.csv, args.png)
+        add_curve(args.csv, args.png, name, rows)
         print(f"{name}: {len(rows)} points added to {args.csv}; figure {args.png}", flush=True)
     return 0
 

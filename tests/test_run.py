@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -217,6 +219,22 @@ def test_periodic_evaluation_scores_training_classes_only_if_the_protocol_does(
     splits = ["test", "train"] if train_classes else ["test"]
     assert sorted({m.split for m in measured}) == splits
     assert len(measured) == 2 * 2 * len(splits)  # steps 0 and 2, both answers
+
+
+def test_evaluations_side_by_side_lose_no_measurement(tmp_path):
+    """Two evaluations of one run folder (say 1-shot and 5-shot) record their results in turn."""
+
+    def record(split):
+        for step in range(25):
+            m = Measurement(split, PROTOCOL, "mse", 1.0, 0.1, 8, step)
+            record_measurements(str(tmp_path), [m])
+
+    workers = [threading.Thread(target=record, args=(s,)) for s in ("test", "train")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(read_measurements(str(tmp_path))) == 50
 
 
 def test_measurements_replace_the_same_split_protocol_and_step(tmp_path):

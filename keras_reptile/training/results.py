@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+import filelock
+
 from keras_reptile.config import Protocol
 from keras_reptile.export.model_card import Measurement
 from keras_reptile.training.evaluator import TRANSDUCTIVE, EvalResult
@@ -50,15 +52,18 @@ def record_measurements(
     model_dir: str, measured: list[Measurement], filename: str = RESULTS_FILE
 ) -> None:
     """Adds `measured` to `model_dir/filename`, replacing an entry of the same split, protocol and
-    meta-iteration (a run resumed from an earlier checkpoint measures those again)."""
+    meta-iteration (a run resumed from an earlier checkpoint measures those again). Processes
+    side by side update the file in turn."""
 
     def key(m):
         return (m.split, m.protocol, m.meta_iterations)
 
-    new = {key(m) for m in measured}
-    kept = [m for m in read_measurements(model_dir, filename) if key(m) not in new]
-    entries = sorted(kept + measured, key=lambda m: m.meta_iterations)
     path = os.path.join(model_dir, filename)
-    with open(path + ".tmp", "w") as f:
-        json.dump([m.to_dict() for m in entries], f, indent=2)
-    os.replace(path + ".tmp", path)
+    new = {key(m) for m in measured}
+    # Evaluations of two protocols may run side by side on one run folder: update in turn.
+    with filelock.FileLock(path + ".lock"):
+        kept = [m for m in read_measurements(model_dir, filename) if key(m) not in new]
+        entries = sorted(kept + measured, key=lambda m: m.meta_iterations)
+        with open(path + ".tmp", "w") as f:
+            json.dump([m.to_dict() for m in entries], f, indent=2)
+        os.replace(path + ".tmp", path)

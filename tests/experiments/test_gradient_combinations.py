@@ -1,11 +1,13 @@
 """The gradient-combination experiment: its ten runs, its CSV and its figure."""
 
 import csv
-import fcntl
 import importlib.util
+import os
 import pathlib
 import sys
+import threading
 
+import filelock
 import pytest
 
 from tests.conftest import OMNIGLOT_DIR, REPO_ROOT, needs_omniglot
@@ -66,14 +68,17 @@ def test_bad_arguments_are_named(tmp_path):
         gc.main(["--plot_only", f"--csv={tmp_path / 'c.csv'}", f"--png={tmp_path / 'c.png'}"])
 
 
-def test_grid_processes_update_the_csv_in_turn(tmp_path):
+def test_grid_processes_update_the_csv_in_turn(tmp_path, monkeypatch):
     path = str(tmp_path / "c.csv")
-    with gc.locked(path):
-        with open(path + ".lock") as other:  # another process's attempt, not waiting
-            with pytest.raises(BlockingIOError):
-                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    with open(path + ".lock") as other:  # released
-        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    monkeypatch.setattr(gc, "plot", lambda *a: None)
+    other = filelock.FileLock(path + ".lock")  # another process's lock on the CSV
+    with other:
+        update = threading.Thread(target=gc.add_curve, args=(path, "c.png", "g1", []))
+        update.start()
+        update.join(1.0)
+        assert update.is_alive() and not os.path.exists(path)  # waits for its turn
+    update.join(30)
+    assert not update.is_alive() and gc.read_csv(path) == []
 
 
 def _rows(path: pathlib.Path) -> list[dict]:
