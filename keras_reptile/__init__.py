@@ -7,4 +7,4 @@ import os
 # TensorFlow is first imported; a value already in the environment wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -1,26 +1,27 @@
 """The shipped model zoo: each `saved_models/<name>/<version>` as TF Serving would run it."""
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_reptile.algorithms import AdamState
 from keras_reptile.data.sources import load_tasks
 from keras_reptile.data.streams import task_seeds
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
-from keras_reptile.run import build_stacked_model
-from keras_reptile.training.evaluator import Evaluator
-from keras_reptile.training.trainer import inner_optimizer
 from tests.conftest import OMNIGLOT_DIR, REPO_ROOT
-from tests.export.helpers import PYTHON_OPS, LoadedWithDefaults, saved_model_ops
+from tests.export.helpers import PYTHON_OPS, saved_model_ops
+from tests.served_vs_evaluator import KEY
 
 ZOO = REPO_ROOT / "saved_models"
 VERSIONS = sorted(p for p in ZOO.glob("*/*") if p.name.isdigit())
 IDS = [f"{p.parent.name}/{p.name}" for p in VERSIONS]
 CLASSIFIERS = [p for p in VERSIONS if not ModelCard.read(str(p)).regression]
 TASKS = 20  # new tasks each model adapts to here, through a TF1 Session
-KEY = 12345  # a seed stream of its own: tasks no card number was measured on
 
 
 def test_the_zoo_ships_one_model_per_recipe():
@@ -44,9 +45,13 @@ def test_card_lists_every_protocol_measured_on_these_weights(path):
                 assert card.find(shots=shots, transductive=transductive).num_tasks == 10000
 
 
-def _test_tasks(card):
+def _skip_without_data(card):
     if card.recipe.dataset == "omniglot" and not OMNIGLOT_DIR.exists():
         pytest.skip(f"Omniglot not found at {OMNIGLOT_DIR}")
+
+
+def _test_tasks(card):
+    _skip_without_data(card)
     _, tasks = load_tasks(card.recipe, None, str(OMNIGLOT_DIR))
     return tasks
 
@@ -80,6 +85,43 @@ def test_tf1_session_adapts_to_new_tasks_as_measured(path):
                 assert np.mean(scores) > measured.mean - 0.15, (measured, scores)
 
 
+# Replays a SavedModel's warmup requests (one per signature, two tasks for the multi-task one)
+# in a TF1 Session, as tensorflow_model_server does when it loads a version. Imports TensorFlow
+# only, so the environment decides oneDNN.
+_REPLAY_WARMUP = """
+import sys
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+path = sys.argv[1]
+with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+    meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+    warmup = path + "/assets.extra/tf_serving_warmup_requests"
+    for record in tf.compat.v1.io.tf_record_iterator(warmup):
+        request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+        sdef = meta.signature_def[request.model_spec.signature_name]
+        feeds = {sdef.inputs[k].name: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        outputs = sess.run({k: v.name for k, v in sdef.outputs.items()}, feeds)
+        print(request.model_spec.signature_name, {k: v.shape for k, v in outputs.items()})
+"""
+
+
+@pytest.mark.parametrize("path", VERSIONS, ids=IDS)
+def test_every_signature_runs_without_onednn(path):
+    """A tensorflow_model_server built without oneDNN (or TensorFlow on a CPU without AVX-512)
+    must run every signature: no grouped convolution may be differentiated."""
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", _REPLAY_WARMUP, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ran = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+    assert ran == set(sig.SIGNATURES), result.stdout
+
+
 def _sample(tasks, card, protocol, count):
     """New test tasks as numpy arrays: support x, support y, query x, query y."""
     queries = protocol.eval_queries if card.regression else 1
@@ -95,59 +137,22 @@ def _sample(tasks, card, protocol, count):
     "path", CLASSIFIERS, ids=[f"{p.parent.name}/{p.name}" for p in CLASSIFIERS]
 )
 def test_served_answers_equal_the_evaluators_on_100_tasks(path):
-    """Identical predictions; probabilities within 1e-5 for all but a few tasks.
+    """Identical predictions, probabilities within 1e-5, through both adapt signatures.
 
     Each task runs on kernels of its own wherever it is stacked, and the evaluator's graph is fed
-    its shapes and settings at run time as a served graph is; on 6 tasks of an untrained export
-    that makes the two bit-identical (tests/export). On the trained zoo a few tasks still differ:
-    the shipped exports come from 0.2.0 (grouped kernels in adapt_and_predict_tasks), and the
-    evaluator's graph rounds differently from the served one somewhere in the adaptation, which
-    Adam with beta1=0 grows (it divides by the root of the carried second moment, ~0 for channels
-    meta-training left dead). Measured on 100 tasks: omniglot_5w/1 at most 3.2e-5,
-    omniglot_20w/1, partly trained, at most 2.1e-3.
+    its shapes and settings at run time as a served graph is, so TensorFlow rewrites both alike.
+    Compared in a process without op determinism (tests/served_vs_evaluator.py).
     """
-    card = ModelCard.read(str(path))
-    tasks = _test_tasks(card)
-    loaded = LoadedWithDefaults(path)
-    model = build_stacked_model(card.recipe, card.input_shape)
-    evaluator = Evaluator(
-        model, inner_optimizer(card.recipe), card.default_protocol, ways=card.ways
+    _skip_without_data(ModelCard.read(str(path)))
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.served_vs_evaluator", str(path), str(OMNIGLOT_DIR)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
-    weights = [w.read_value() for w in loaded.weights]
-    state = AdamState(loaded.adam_step.read_value(), tuple(v.read_value() for v in loaded.adam_v))
-    support_x, support_y, query_x, _, _ = evaluator.sample(tasks, task_seeds(KEY, tf.range(100)))
-    seeds = tf.constant([sig.SERVING_BATCH_SEED] * 100, tf.int64)
-    expected = tf.function(evaluator.adapt_and_predict)(
-        weights, state, support_x, support_y, query_x, seeds, (False, True)
-    )
-    differences = []  # per task and answer: the largest probability difference
-    for transductive, logits in zip((False, True), expected):
-        probabilities = tf.nn.softmax(logits).numpy()
-        for t in range(100):
-            served = loaded.signatures[sig.ADAPT_AND_PREDICT](
-                support_images=support_x[t],
-                support_labels=support_y[t],
-                query_images=query_x[t],
-                transductive=tf.constant(transductive),
-            )
-            np.testing.assert_array_equal(served[sig.CLASSES], probabilities[t].argmax(-1))
-            differences.append(np.abs(served[sig.PROBABILITIES] - probabilities[t]).max())
-        # The multi-task signature, ten tasks a request.
-        for start in range(0, 100, 10):
-            part = slice(start, start + 10)
-            served = loaded.signatures[sig.ADAPT_AND_PREDICT_TASKS](
-                support_images=support_x[part],
-                support_labels=support_y[part],
-                query_images=query_x[part],
-                transductive=tf.constant(transductive),
-            )
-            np.testing.assert_array_equal(served[sig.CLASSES], probabilities[part].argmax(-1))
-            differences.extend(np.abs(served[sig.PROBABILITIES] - probabilities[part]).max((1, 2)))
-    differences = np.asarray(differences)
-    print(f"within 1e-5: {np.mean(differences <= 1e-5):.3f}; largest {np.sort(differences)[-5:]}")
-    if card.meta_iterations < card.recipe.meta_iters:
-        # A partly trained export (a run to be continued) is far less settled: its predictions
-        # are compared, not its probabilities.
-        return
-    assert np.mean(differences <= 1e-5) >= 0.95, np.sort(differences)[-20:]
-    assert differences.max() <= 1e-3, differences.max()
+    assert result.returncode == 0, result.stderr[-3000:]
+    compared = json.loads(result.stdout.splitlines()[-1])
+    print(compared)
+    assert compared["tasks"] == 100 and compared["classes_equal"], compared
+    assert compared["max_probability_difference"] <= 1e-5, compared

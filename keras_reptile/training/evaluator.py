@@ -186,9 +186,8 @@ def _as_served(value) -> tf.Tensor:
 
     TensorFlow's graph optimizer rewrites arithmetic differently when it knows shapes or values,
     and the inner loop's Adam turns such rounding differences into visible ones. Hiding from the
-    evaluator's graph what a served graph cannot know brings its answers to `adapt_and_predict`'s
-    (bit-identical on an untrained export; within 3.2e-5 on the trained omniglot_5w/1, see
-    tests/test_zoo.py).
+    evaluator's graph what a served graph cannot know makes its answers bit-identical to
+    `adapt_and_predict`'s (tests/export; on the trained zoo, tests/test_zoo.py).
     """
     value = tf.convert_to_tensor(value)
     shape = value.shape if value.shape.rank < 2 else [value.shape[0], None, *value.shape[2:]]
