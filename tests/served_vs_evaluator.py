@@ -50,7 +50,7 @@ def compare(path: str, data_dir: str, count: int = 100) -> dict:
     )
     classes_equal, probabilities, logits = True, [], []
     for transductive, want in zip((False, True), expected):
-        want = want.numpy()
+        want, want_probabilities = want.numpy(), tf.nn.softmax(want).numpy()
         single = [
             loaded.signatures[sig.ADAPT_AND_PREDICT](
                 support_images=support_x[t],
@@ -74,7 +74,7 @@ def compare(path: str, data_dir: str, count: int = 100) -> dict:
             {k: np.concatenate([o[k] for o in multi]) for k in multi[0]},
         ):
             classes_equal &= bool(np.array_equal(served[sig.CLASSES], want.argmax(-1)))
-            probabilities.append(np.abs(served[sig.PROBABILITIES] - tf.nn.softmax(want)).max())
+            probabilities.append(np.abs(served[sig.PROBABILITIES] - want_probabilities).max())
             logits.append(np.abs(served[sig.LOGITS] - want).max())
     return {
         "tasks": count,

@@ -60,7 +60,6 @@ def record_measurements(
 
     path = os.path.join(model_dir, filename)
     new = {key(m) for m in measured}
-    # Evaluations of two protocols may run side by side on one run folder: update in turn.
     with filelock.FileLock(path + ".lock"):
         kept = [m for m in read_measurements(model_dir, filename) if key(m) not in new]
         entries = sorted(kept + measured, key=lambda m: m.meta_iterations)
