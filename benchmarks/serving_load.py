@@ -28,15 +28,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras_reptile  # noqa: E402, F401  (its TensorFlow settings, before TensorFlow loads)
-
-# isort: split
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from keras_reptile.export import signatures as sig  # noqa: E402
+from keras_reptile.training.strategy import set_threads  # noqa: E402
 from serving.launcher import ServerProcess  # noqa: E402
 
 PRESET = "omniglot_5w5s"
@@ -129,6 +127,16 @@ def request_floor_ms(inner_steps: int, shots: int, peak_gflops: float) -> tuple[
     return gflop, 1000 * gflop / peak_gflops
 
 
+def request_kernels_ms() -> float:
+    """The convolution kernels on the dependency chain of a 5-way 5-shot request's inner steps
+    (`meta_step.conv_critical_path_ms`), with the server's threads per kernel, in a subprocess:
+    no adaptation on these kernels can answer faster."""
+    result = subprocess.run(
+        [sys.executable, *sys.argv, "--kernels_only"], capture_output=True, text=True, check=True
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def training_ms(data_dir: str) -> float:
     """A warm omniglot_5w5s meta-iteration of the trainer (benchmarks/meta_step.py)."""
     result = subprocess.run(
@@ -162,12 +170,21 @@ def main() -> None:
         "--batching_parameters_file", help="for the batched run (default: the server's defaults)"
     )
     parser.add_argument("--batching", choices=("both", "off", "on"), default="both")
+    parser.add_argument("--kernels_only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, HERE)
-    from meta_step import peak_matmul_gflops
+    from meta_step import conv_critical_path_ms, machine_peak_gflops
 
-    peak = peak_matmul_gflops()
+    from keras_reptile.models import build_model
+
+    if args.kernels_only:
+        set_threads(args.intra_op_threads, 1)
+        model = build_model("omniglot_cnn", 5, (28, 28, 1))
+        print(json.dumps(conv_critical_path_ms(model, 5, args.inner_steps)))
+        return
+    peak = machine_peak_gflops()
     gflop, floor = request_floor_ms(args.inner_steps, 5, peak)
+    kernels = request_kernels_ms()
     results = {
         "cpu_count": os.cpu_count(),
         "inner_steps": args.inner_steps,
@@ -175,6 +192,8 @@ def main() -> None:
         "peak_matmul_gflops": round(peak, 1),
         "gflop_per_5w5s_request": round(gflop, 2),
         "flop_floor_5w5s_ms": round(floor, 1),
+        "conv_critical_path_5w5s_ms": round(kernels, 1),
+        "conv_critical_path_over_floor": round(kernels / floor, 2),
     }
     with tempfile.TemporaryDirectory() as scratch:
         base = os.path.abspath(args.export_dir) if args.export_dir else export_untrained(scratch)

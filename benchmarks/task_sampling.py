@@ -15,9 +15,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras_reptile  # noqa: E402, F401  (its TensorFlow settings, before TensorFlow loads)
-
-# isort: split
 import tensorflow as tf  # noqa: E402
 
 from keras_reptile.data.sources import load_tasks  # noqa: E402

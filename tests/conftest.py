@@ -5,9 +5,6 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras_reptile  # noqa: E402, F401  (sets TensorFlow's environment before it loads)
-
-# isort: split
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

@@ -11,9 +11,6 @@ JSON object.
 import json
 import sys
 
-import keras_reptile  # noqa: F401  (its TensorFlow settings, before TensorFlow loads)
-
-# isort: split
 import numpy as np
 import tensorflow as tf
 

@@ -28,8 +28,11 @@ def test_meta_step_prints_the_trainer_the_reference_and_the_floor():
         "--iterations=10",
         "--reference_iterations=1",
     )
-    for key in ("ms_per_meta_iteration", "reference_eager_ms", "flop_floor_ms"):
+    for key in ("ms_per_meta_iteration", "reference_eager_ms", "flop_floor_ms", "conv_kernels_ms"):
         assert out[key] > 0, (key, out)
+    assert out["conv_kernels_over_floor"] == pytest.approx(
+        out["conv_kernels_ms"] / out["flop_floor_ms"], abs=0.01
+    )
     assert out["gflop_per_meta_iteration"] == pytest.approx(3.99, abs=0.01)
     assert out["estimated_training_minutes"] == pytest.approx(
         out["ms_per_meta_iteration"] * 100_000 / 60e3, rel=0.01
@@ -45,3 +48,19 @@ def test_serving_load_prints_latencies_and_no_errors():
             r = out[f"{label}_{task}"]
             assert r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] and r["throughput_rps"] > 0, r
     assert out["flop_floor_5w5s_ms"] > 0 and out["batching_speedup_5w5s"] > 0
+    assert out["conv_critical_path_5w5s_ms"] > 0
+
+
+def test_the_kernel_bounds_count_every_convolution_of_an_inner_step():
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from meta_step import inner_step_convolutions
+
+    from keras_reptile.models import build_model
+
+    kernels = inner_step_convolutions(build_model("omniglot_cnn", 5, (28, 28, 1)))
+    # Each layer's forward pass and filter gradient; no input gradient for the images.
+    assert sorted(kernels) == sorted(
+        [("forward", i) for i in range(4)]
+        + [("filter", i) for i in range(4)]
+        + [("input", i) for i in (1, 2, 3)]
+    )

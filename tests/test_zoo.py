@@ -105,11 +105,13 @@ with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
 """
 
 
+@pytest.mark.parametrize("onednn", ["0", "1"], ids=["eigen", "onednn"])
 @pytest.mark.parametrize("path", VERSIONS, ids=IDS)
-def test_every_signature_runs_without_onednn(path):
-    """A tensorflow_model_server built without oneDNN (or TensorFlow on a CPU without AVX-512)
-    must run every signature: no grouped convolution may be differentiated."""
-    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "CUDA_VISIBLE_DEVICES": ""}
+def test_every_signature_runs_with_either_cpu_kernels(path, onednn):
+    """Every signature runs on TensorFlow's own CPU kernels (a tensorflow_model_server built
+    without oneDNN, or on a CPU without AVX-512: no grouped convolution may be differentiated) and
+    on oneDNN's (its default on CPUs with AVX-512)."""
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(
         [sys.executable, "-c", _REPLAY_WARMUP, str(path)],
         env=env,

@@ -79,7 +79,8 @@ class ServingModule(tf.Module):
         return weights, stack_state(state, num_tasks)
 
     def _adapt_and_predict(self, support_x, support_y, query_x, steps, batch, lr, transductive):
-        """Outputs `[T, Q, outputs]` for `T` tasks `[T, S, ...]`, `[T, S]`, `[T, Q, ...]`."""
+        """The signature's outputs (`_outputs`, each `[T, Q, ...]`) for `T` tasks `[T, S, ...]`,
+        `[T, S]`, `[T, Q, ...]`."""
         shape = tf.shape(support_x)
         checks = [
             tf.debugging.assert_greater(shape[0], 0, message="no task was sent"),
@@ -105,16 +106,24 @@ class ServingModule(tf.Module):
             ]
         with tf.control_dependencies(checks):
             if support_x.shape[0] == 1:
-                return self._adapt_and_predict_one(support_x, support_y, query_x, steps, batch, lr,
-                                                   transductive)  # fmt: skip
+                return self._outputs(self._adapt_and_predict_one(
+                    support_x, support_y, query_x, steps, batch, lr, transductive
+                ))  # fmt: skip
+
             # A task count known only at run time: each task adapts as a stack of one, so its
-            # answer is the one it gets alone; the executor runs tasks side by side.
-            return tf.map_fn(
-                lambda task: self._adapt_and_predict_one(
+            # answer is the one it gets alone; the executor runs tasks side by side. Its outputs
+            # are derived task by task too: Eigen's softmax rounds an element differently
+            # depending on where it falls in the whole tensor (vectorised or scalar exp).
+            def task_outputs(task):
+                outputs = self._adapt_and_predict_one(
                     task[0][None], task[1][None], task[2][None], steps, batch, lr, transductive
-                )[0],
+                )
+                return {k: v[0] for k, v in self._outputs(outputs).items()}
+
+            return tf.map_fn(
+                task_outputs,
                 (support_x, support_y, query_x),
-                fn_output_signature=tf.float32,
+                fn_output_signature=self._output_dtypes(),
                 parallel_iterations=_PARALLEL_TASKS,
             )
 
@@ -134,6 +143,11 @@ class ServingModule(tf.Module):
             lambda: predict_tasks(model, adapted, support_x, query_x, True),
             lambda: predict_tasks(model, adapted, support_x, query_x, False),
         )
+
+    def _output_dtypes(self) -> dict:
+        if self._model.regression:
+            return {sig.PREDICTIONS: tf.float32}
+        return {sig.LOGITS: tf.float32, sig.PROBABILITIES: tf.float32, sig.CLASSES: tf.int64}
 
     def _outputs(self, outputs: tf.Tensor) -> dict:
         if self._model.regression:
@@ -158,10 +172,8 @@ class ServingModule(tf.Module):
         def run(support_x, support_y, query_x, steps, batch, lr, transductive, tasks):
             if not tasks:
                 support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
-            outputs = self._outputs(
-                self._adapt_and_predict(
-                    support_x, support_y, query_x, steps, batch, lr, transductive
-                )
+            outputs = self._adapt_and_predict(
+                support_x, support_y, query_x, steps, batch, lr, transductive
             )
             return outputs if tasks else one_task(outputs)
 
