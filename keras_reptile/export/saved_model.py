@@ -123,7 +123,9 @@ class ServingModule(tf.Module):
             return tf.map_fn(
                 task_outputs,
                 (support_x, support_y, query_x),
-                fn_output_signature=self._output_dtypes(),
+                fn_output_signature={
+                    k: sig.OUTPUT_DTYPES[k] for k in self.specs[sig.ADAPT_AND_PREDICT_TASKS].outputs
+                },
                 parallel_iterations=_PARALLEL_TASKS,
             )
 
@@ -143,11 +145,6 @@ class ServingModule(tf.Module):
             lambda: predict_tasks(model, adapted, support_x, query_x, True),
             lambda: predict_tasks(model, adapted, support_x, query_x, False),
         )
-
-    def _output_dtypes(self) -> dict:
-        if self._model.regression:
-            return {sig.PREDICTIONS: tf.float32}
-        return {sig.LOGITS: tf.float32, sig.PROBABILITIES: tf.float32, sig.CLASSES: tf.int64}
 
     def _outputs(self, outputs: tf.Tensor) -> dict:
         if self._model.regression:

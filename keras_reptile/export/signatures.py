@@ -38,6 +38,14 @@ OPTIONAL_SCALARS = (INNER_STEPS, INNER_BATCH_SIZE, LEARNING_RATE, TRANSDUCTIVE)
 # Fixed mini-batch seed of served adaptation: the same request always gets the same answer.
 SERVING_BATCH_SEED = (0, 0)
 
+# Every output's dtype; which outputs a signature has is in its `SignatureSpec`.
+OUTPUT_DTYPES = {
+    LOGITS: tf.float32,
+    PROBABILITIES: tf.float32,
+    CLASSES: tf.int64,
+    PREDICTIONS: tf.float32,
+}
+
 CARD_FILE = "model_card.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 
