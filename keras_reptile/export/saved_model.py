@@ -152,7 +152,7 @@ class ServingModule(tf.Module):
         return {
             sig.LOGITS: outputs,
             sig.PROBABILITIES: tf.nn.softmax(outputs),
-            sig.CLASSES: tf.argmax(outputs, axis=-1),
+            sig.CLASSES: tf.argmax(outputs, axis=-1, output_type=sig.OUTPUT_DTYPES[sig.CLASSES]),
         }
 
     def _build_signatures(self) -> dict:
