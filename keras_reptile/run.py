@@ -33,6 +33,7 @@ from keras_reptile.training.results import (
     measurements,
     read_measurements,
     record_measurements,
+    write_json,
 )
 from keras_reptile.training.strategy import is_chief, make_strategy
 from keras_reptile.training.trainer import (
@@ -191,8 +192,7 @@ def _write_run_info(
         )
     else:
         return
-    with open(os.path.join(model_dir, RUN_FILE), "w") as f:
-        json.dump(info.to_dict(), f, indent=2)
+    write_json(os.path.join(model_dir, RUN_FILE), info.to_dict())
 
 
 def _evaluator(recipe: Recipe, protocol: Protocol, model: StackedModel) -> Evaluator:

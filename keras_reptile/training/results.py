@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import filelock
 
@@ -48,6 +49,20 @@ def read_measurements(model_dir: str, filename: str = RESULTS_FILE) -> list[Meas
         ) from None
 
 
+def write_json(path: str, value) -> None:
+    """Writes `value` as JSON to `path` so that a reader never sees a partial file: processes side
+    by side (the workers of one run) read what another writes."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def record_measurements(
     model_dir: str, measured: list[Measurement], filename: str = RESULTS_FILE
 ) -> None:
@@ -63,6 +78,4 @@ def record_measurements(
     with filelock.FileLock(path + ".lock"):
         kept = [m for m in read_measurements(model_dir, filename) if key(m) not in new]
         entries = sorted(kept + measured, key=lambda m: m.meta_iterations)
-        with open(path + ".tmp", "w") as f:
-            json.dump([m.to_dict() for m in entries], f, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json(path, [m.to_dict() for m in entries])

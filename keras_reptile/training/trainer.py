@@ -26,6 +26,7 @@ from keras_reptile.training.results import (
     PERIODIC_RESULTS_FILE,
     measurements,
     record_measurements,
+    write_json,
 )
 from keras_reptile.training.state import MetaState
 from keras_reptile.training.strategy import is_chief, tasks_per_replica
@@ -205,15 +206,15 @@ class MetaTrainer:
             var.assign(value)
         self.state.adam_step.assign(source.adam_step)
         self.state.step.assign(source.meta_iterations)
-        with open(os.path.join(self.model_dir, WARM_START_FILE), "w") as f:
+        if is_chief(self.strategy):
             # Name and version, not the path: the card must say the same wherever it was made.
-            json.dump(
+            write_json(
+                os.path.join(self.model_dir, WARM_START_FILE),
                 {
                     "model": source.card.name,
                     "version": source.version,
                     "meta_iterations": source.meta_iterations,
                 },
-                f,
             )
         self.manager.save(checkpoint_number=source.meta_iterations)
         print(
@@ -234,10 +235,9 @@ class MetaTrainer:
                         "resuming it with a different value is not possible. Use another "
                         f"--model_dir. Received: {key}={getattr(self.recipe, key)!r}"
                     )
-        else:
+        elif is_chief(self.strategy):
             os.makedirs(self.model_dir, exist_ok=True)
-            with open(path, "w") as f:
-                json.dump(self.recipe.to_dict(), f, indent=2)
+            write_json(path, self.recipe.to_dict())
 
     def train(self) -> int:
         """Meta-trains up to `recipe.meta_iters`, resuming from the latest checkpoint.
