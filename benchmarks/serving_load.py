@@ -10,11 +10,14 @@ inner steps, the default non-transductive answer) measures one client alone, the
 clients, each with its own task, sending requests at once. For reference, in the same run: the
 FLOP floor of one 5-way 5-shot request (its forward and backward work over the measured peak
 matmul rate of the machine) and, with `--data_dir`, a training meta-iteration's time
-(`benchmarks/meta_step.py`, the same 3.99 GFLOP of inner steps). Prints one JSON object as its
-last line; exits 1 if any request failed.
+(`benchmarks/meta_step.py`, the same 3.99 GFLOP of inner steps). With `--in_process`, the same
+clients also call the signature in a process of their own, as the server runs a decoded request
+(`in_process_*`): the difference is what the server adds. Prints one JSON object as its last line;
+exits 1 if any request failed.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -34,8 +37,12 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from keras_reptile.export import signatures as sig  # noqa: E402
+from keras_reptile.export.saved_model import version_dir  # noqa: E402
 from keras_reptile.training.strategy import set_threads  # noqa: E402
+from serving.errors import ServingError  # noqa: E402
 from serving.launcher import ServerProcess  # noqa: E402
+from serving.servable import Servable  # noqa: E402
+from serving.validation import Limits  # noqa: E402
 
 PRESET = "omniglot_5w5s"
 
@@ -74,26 +81,52 @@ def make_request(model: str, ways: int, shots: int, steps: int, seed: int):
     return request
 
 
-def run_clients(target: str, requests, clients: int, per_client: int, timeout: float) -> dict:
-    """`clients` threads, each with its own channel and task (`requests[i]`), sending
-    `per_client` requests in a row."""
+def grpc_sender(target: str, timeout: float):
+    """Per client: its own channel to the server; sending raises grpc.RpcError on failure."""
+
+    @contextlib.contextmanager
+    def connect():
+        with grpc.insecure_channel(target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            yield lambda request: stub.Predict(request, timeout=timeout)
+
+    return connect
+
+
+def in_process_sender(servable):
+    """Per client: the request run by `Servable.run` in this process, as the server runs it
+    once a request is decoded and validated (no gRPC, no queue)."""
+
+    def send(request):
+        name = request.model_spec.signature_name
+        arrays = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        servable.run(name, servable.prepare(name, arrays, Limits()))
+
+    return lambda: contextlib.nullcontext(send)
+
+
+def run_clients(connect, requests, clients: int, per_client: int) -> dict:
+    """`clients` threads, each connected with `connect()` and sending its own task
+    (`requests[i]`) `per_client` times in a row."""
     latencies, errors, lock = [], [], threading.Lock()
     barrier = threading.Barrier(clients)
 
     def client(request):
-        with grpc.insecure_channel(target) as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            stub.Predict(request, timeout=timeout)  # connect and warm up, not timed
+        with connect() as send:
+            send(request)  # connect and warm up, not timed
             barrier.wait()
             for _ in range(per_client):
                 start = time.perf_counter()
                 try:
-                    stub.Predict(request, timeout=timeout)
+                    send(request)
                     with lock:
                         latencies.append(time.perf_counter() - start)
                 except grpc.RpcError as e:
                     with lock:
                         errors.append(f"{e.code().name}: {e.details()}")
+                except ServingError as e:
+                    with lock:
+                        errors.append(f"{e.code.name}: {e.message}")
 
     threads = [threading.Thread(target=client, args=(requests[i],)) for i in range(clients)]
     for t in threads:
@@ -137,6 +170,34 @@ def request_kernels_ms() -> float:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def report(label: str, shots: int, r: dict) -> None:
+    print(
+        f"{label}, 5-way {shots}-shot, {r['clients']} client(s): p50 {r['p50_ms']} ms, p99 "
+        f"{r['p99_ms']} ms, {r['throughput_rps']} requests/s, {r['errors']} errors of "
+        f"{r['requests']}",
+        flush=True,
+    )
+
+
+def in_process_results(base: str, model: str, args) -> dict:
+    """The `in_process_*` cases, in a subprocess (TensorFlow's threads are set before it runs)."""
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--in_process_only",
+        f"--export_dir={base}",
+        f"--model={model}",
+        f"--clients={args.clients}",
+        f"--requests={args.requests}",
+        f"--inner_steps={args.inner_steps}",
+        f"--intra_op_threads={args.intra_op_threads}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    lines = result.stdout.strip().splitlines()
+    print("\n".join(lines[:-1]), flush=True)
+    return json.loads(lines[-1])
+
+
 def training_ms(data_dir: str) -> float:
     """A warm omniglot_5w5s meta-iteration of the trainer (benchmarks/meta_step.py)."""
     result = subprocess.run(
@@ -170,13 +231,38 @@ def main() -> None:
         "--batching_parameters_file", help="for the batched run (default: the server's defaults)"
     )
     parser.add_argument("--batching", choices=("both", "off", "on"), default="both")
+    parser.add_argument(
+        "--in_process",
+        action="store_true",
+        help="also call the signature in a process of its own, with the server's threads but "
+        "without the server (gRPC, queues, batching)",
+    )
     parser.add_argument("--kernels_only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--in_process_only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, HERE)
     from meta_step import conv_critical_path_ms, machine_peak_gflops
 
     from keras_reptile.models import build_model
 
+    if args.in_process_only:
+        set_threads(args.intra_op_threads, 0)
+        path = version_dir(args.export_dir)
+        servable = Servable.load(args.model, int(os.path.basename(path)), path)
+        results = {}
+        for shots in (1, 5):
+            requests = [
+                make_request(args.model, 5, shots, args.inner_steps, seed=10 * shots + i)
+                for i in range(args.clients)
+            ]
+            for clients in (1, args.clients):
+                per_client = args.requests if clients > 1 else 2 * args.requests
+                r = run_clients(in_process_sender(servable), requests, clients, per_client)
+                results[f"in_process_5w{shots}s_{clients}_clients"] = r
+                report("in_process", shots, r)
+        print(json.dumps(results))
+        return
     if args.kernels_only:
         set_threads(args.intra_op_threads, 1)
         model = build_model("omniglot_cnn", 5, (28, 28, 1))
@@ -220,20 +306,16 @@ def main() -> None:
                     ]
                     for clients in (1, args.clients):
                         per_client = args.requests if clients > 1 else 2 * args.requests
-                        r = run_clients(
-                            server.grpc_target, requests, clients, per_client, args.timeout
-                        )
+                        connect = grpc_sender(server.grpc_target, args.timeout)
+                        r = run_clients(connect, requests, clients, per_client)
                         results[f"{label}_5w{shots}s_{clients}_clients"] = r
-                        print(
-                            f"{label}, 5-way {shots}-shot, {clients} client(s): p50 "
-                            f"{r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['throughput_rps']} "
-                            f"requests/s, {r['errors']} errors of {r['requests']}",
-                            flush=True,
-                        )
+                        report(label, shots, r)
+        if args.in_process:
+            results.update(in_process_results(base, model, args))
     if args.data_dir:
         results["training_meta_iteration_ms"] = training_ms(args.data_dir)
     n = args.clients
-    for label in ("no_batching", "batching"):
+    for label in ("no_batching", "batching", "in_process"):
         many = results.get(f"{label}_5w5s_{n}_clients")
         if many and many["throughput_rps"]:
             results[f"{label}_machine_ms_per_5w5s_request"] = round(

@@ -41,9 +41,15 @@ def test_meta_step_prints_the_trainer_the_reference_and_the_floor():
 
 @pytest.mark.slow
 def test_serving_load_prints_latencies_and_no_errors():
-    out = last_json("benchmarks/serving_load.py", "--clients=2", "--requests=1", "--inner_steps=2")
+    out = last_json(
+        "benchmarks/serving_load.py",
+        "--clients=2",
+        "--requests=1",
+        "--inner_steps=2",
+        "--in_process",
+    )
     assert out["errors"] == 0
-    for label in ("no_batching", "batching"):
+    for label in ("no_batching", "batching", "in_process"):
         for task in ("5w1s_1_clients", "5w1s_2_clients", "5w5s_1_clients", "5w5s_2_clients"):
             r = out[f"{label}_{task}"]
             assert r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] and r["throughput_rps"] > 0, r

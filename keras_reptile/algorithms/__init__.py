@@ -18,7 +18,7 @@ from keras_reptile.algorithms.reptile import (
     task_batches,
     task_update,
 )
-from keras_reptile.algorithms.stacked import StackedModel, check_supported, stack
+from keras_reptile.algorithms.stacked import StackedModel, batch_norm, check_supported, stack
 
 __all__ = [
     "AdamState",
@@ -26,6 +26,7 @@ __all__ = [
     "StackedModel",
     "TaskBatches",
     "adapt_tasks",
+    "batch_norm",
     "check_supported",
     "group_sizes",
     "inner_loop",

@@ -198,8 +198,8 @@ class StackedModel:
     def _tasks(self, weights: list[tf.Tensor], x: tf.Tensor):
         """`(weights, x)` of each of the `T` tasks, the task axis removed."""
         num_tasks = x.shape[0]
-        if num_tasks == 1:  # reshapes only
-            return [([w[0] for w in weights], x[0])]
+        if num_tasks == 1:  # reshapes only, forward and backward (a slice's gradient copies)
+            return [([tf.squeeze(w, 0) for w in weights], tf.squeeze(x, 0))]
         per_task = [tf.unstack(w, num_tasks) for w in weights]
         return [([w[t] for w in per_task], x_t) for t, x_t in enumerate(tf.unstack(x, num_tasks))]
 
@@ -258,12 +258,40 @@ class StackedModel:
                 x = x + tf.reshape(weights[1], [-1])
             return _activate(layer, x)
         if isinstance(layer, keras.layers.BatchNormalization):
-            mean, var = tf.nn.moments(x, axes=[0, 1, 2])
             gamma, beta = (tf.reshape(w, [-1]) for w in weights[:2])
-            return tf.nn.batch_normalization(x, mean, var, beta, gamma, layer.epsilon)
+            return batch_norm(x, gamma, beta, layer.epsilon)
         if isinstance(layer, keras.layers.ReLU):
             return tf.nn.relu(x)
         return tf.nn.max_pool2d(x, layer.pool_size, layer.strides, layer.padding.upper())
+
+
+def batch_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float) -> tf.Tensor:
+    """BatchNorm of `x` [B, H, W, C] with its own batch statistics per channel, scaled by `gamma`
+    and shifted by `beta` [C]; differentiable once in all three.
+
+    The output is `tf.nn.batch_normalization`'s. The gradient is its closed form, with
+    xhat = (x - mean) / sqrt(var + eps) and N = B*H*W: dgamma = sum(dy xhat), dbeta = sum(dy),
+    dx = gamma / sqrt(var + eps) * (dy - dbeta / N - xhat dgamma / N). Differentiating
+    `tf.nn.moments` instead materialises a broadcast of each mean's gradient on every inner step.
+    """
+
+    @tf.custom_gradient
+    def normalize(x, gamma, beta):
+        mean, var = tf.nn.moments(x, axes=[0, 1, 2])
+        inv = tf.math.rsqrt(var + epsilon)
+
+        def grad(dy):
+            xhat = (x - mean) * inv
+            dbeta = tf.reduce_sum(dy, axis=[0, 1, 2])
+            dgamma = tf.reduce_sum(dy * xhat, axis=[0, 1, 2])
+            scale = gamma * inv
+            per_example = scale / tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
+            dx = dy * scale - xhat * (per_example * dgamma) - per_example * dbeta
+            return dx, dgamma, dbeta
+
+        return tf.nn.batch_normalization(x, mean, var, beta, gamma, epsilon), grad
+
+    return normalize(x, gamma, beta)
 
 
 def stack(weights: list[tf.Tensor], num_tasks) -> list[tf.Tensor]:

@@ -9,6 +9,7 @@ from keras_reptile.algorithms import (
     InnerOptimizer,
     StackedModel,
     adapt_tasks,
+    batch_norm,
     group_sizes,
     predict_tasks,
     stack,
@@ -229,3 +230,42 @@ def test_a_branching_model_is_refused():
 def test_group_sizes(tasks, groups, sizes):
     assert sorted(group_sizes(tasks, groups)) == sizes
     assert sum(group_sizes(tasks, groups)) == tasks
+
+
+def test_batch_norm_and_its_gradient_by_hand():
+    # x = 0, 1, 2 in one channel: mean 1, var 2/3, xhat = (-1, 0, 1) * sqrt(3/2).
+    x = tf.constant([0.0, 1.0, 2.0], shape=[3, 1, 1, 1])
+    gamma, beta = tf.constant([2.0]), tf.constant([1.0])
+    with tf.GradientTape() as tape:
+        tape.watch([x, gamma, beta])
+        y = batch_norm(x, gamma, beta, 0.0)
+        loss = y[0, 0, 0, 0]  # dy = (1, 0, 0)
+    dx, dgamma, dbeta = tape.gradient(loss, [x, gamma, beta])
+    s6 = np.sqrt(6.0)
+    np.testing.assert_allclose(y.numpy().ravel(), [1 - s6, 1, 1 + s6], rtol=1e-6)
+    np.testing.assert_allclose(dgamma.numpy(), [-np.sqrt(1.5)], rtol=1e-6)
+    np.testing.assert_allclose(dbeta.numpy(), [1.0], rtol=1e-6)
+    np.testing.assert_allclose(dx.numpy().ravel(), np.array([1, -2, 1]) / s6, rtol=1e-5)
+
+
+def test_batch_norm_gradient_matches_differentiating_the_moments():
+    rng = np.random.default_rng(0)
+    x = tf.constant(3 * rng.normal(size=(5, 7, 7, 8)) + 1, tf.float32)
+    gamma = tf.constant(rng.normal(size=8), tf.float32)
+    beta = tf.constant(rng.normal(size=8), tf.float32)
+    weight = tf.constant(rng.normal(size=x.shape), tf.float32)
+
+    def reference(x, gamma, beta):
+        mean, var = tf.nn.moments(x, axes=[0, 1, 2])
+        return tf.nn.batch_normalization(x, mean, var, beta, gamma, 1e-3)
+
+    results = []
+    for fn in (reference, lambda *a: batch_norm(*a, 1e-3)):
+        with tf.GradientTape() as tape:
+            tape.watch([x, gamma, beta])
+            y = fn(x, gamma, beta)
+            loss = tf.reduce_sum(tf.sin(y) * weight)
+        results.append([y, *tape.gradient(loss, [x, gamma, beta])])
+    np.testing.assert_array_equal(results[0][0], results[1][0])  # the same forward ops
+    for want, got in zip(results[0][1:], results[1][1:]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
