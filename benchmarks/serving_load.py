@@ -97,10 +97,12 @@ def in_process_sender(servable):
     """Per client: the request run by `Servable.run` in this process, as the server runs it
     once a request is decoded and validated (no gRPC, no queue)."""
 
+    limits = Limits()
+
     def send(request):
         name = request.model_spec.signature_name
         arrays = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-        servable.run(name, servable.prepare(name, arrays, Limits()))
+        servable.run(name, servable.prepare(name, arrays, limits))
 
     return lambda: contextlib.nullcontext(send)
 
@@ -170,13 +172,24 @@ def request_kernels_ms() -> float:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def report(label: str, shots: int, r: dict) -> None:
-    print(
-        f"{label}, 5-way {shots}-shot, {r['clients']} client(s): p50 {r['p50_ms']} ms, p99 "
-        f"{r['p99_ms']} ms, {r['throughput_rps']} requests/s, {r['errors']} errors of "
-        f"{r['requests']}",
-        flush=True,
-    )
+def measure_cases(label: str, connect, model: str, args, results: dict) -> None:
+    """5-way 1-shot and 5-shot, one client alone then `args.clients` at once, each sending
+    through `connect`; adds `{label}_5w{shots}s_{clients}_clients` to `results`."""
+    for shots in (1, 5):
+        requests = [
+            make_request(model, 5, shots, args.inner_steps, seed=10 * shots + i)
+            for i in range(args.clients)
+        ]
+        for clients in (1, args.clients):
+            per_client = args.requests if clients > 1 else 2 * args.requests
+            r = run_clients(connect, requests, clients, per_client)
+            results[f"{label}_5w{shots}s_{clients}_clients"] = r
+            print(
+                f"{label}, 5-way {shots}-shot, {clients} client(s): p50 {r['p50_ms']} ms, p99 "
+                f"{r['p99_ms']} ms, {r['throughput_rps']} requests/s, {r['errors']} errors of "
+                f"{r['requests']}",
+                flush=True,
+            )
 
 
 def in_process_results(base: str, model: str, args) -> dict:
@@ -251,16 +264,7 @@ def main() -> None:
         path = version_dir(args.export_dir)
         servable = Servable.load(args.model, int(os.path.basename(path)), path)
         results = {}
-        for shots in (1, 5):
-            requests = [
-                make_request(args.model, 5, shots, args.inner_steps, seed=10 * shots + i)
-                for i in range(args.clients)
-            ]
-            for clients in (1, args.clients):
-                per_client = args.requests if clients > 1 else 2 * args.requests
-                r = run_clients(in_process_sender(servable), requests, clients, per_client)
-                results[f"in_process_5w{shots}s_{clients}_clients"] = r
-                report("in_process", shots, r)
+        measure_cases("in_process", in_process_sender(servable), args.model, args, results)
         print(json.dumps(results))
         return
     if args.kernels_only:
@@ -299,17 +303,8 @@ def main() -> None:
                     extra.append(f"--batching_parameters_file={args.batching_parameters_file}")
             label = "batching" if batching else "no_batching"
             with ServerProcess(flags + extra, rest=False) as server:
-                for shots in (1, 5):
-                    requests = [
-                        make_request(model, 5, shots, args.inner_steps, seed=10 * shots + i)
-                        for i in range(args.clients)
-                    ]
-                    for clients in (1, args.clients):
-                        per_client = args.requests if clients > 1 else 2 * args.requests
-                        connect = grpc_sender(server.grpc_target, args.timeout)
-                        r = run_clients(connect, requests, clients, per_client)
-                        results[f"{label}_5w{shots}s_{clients}_clients"] = r
-                        report(label, shots, r)
+                connect = grpc_sender(server.grpc_target, args.timeout)
+                measure_cases(label, connect, model, args, results)
         if args.in_process:
             results.update(in_process_results(base, model, args))
     if args.data_dir:
