@@ -60,6 +60,20 @@ def test_warm_start_from_an_export_evaluates_and_exports_the_same_run(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_warm_start_carries_the_cards_results_to_the_next_export(tmp_path):
+    _run(SINE, tmp_path, "first")
+    source = _card(tmp_path / "first_export")
+    _run(SINE, tmp_path, "again", mode="export", warm_start_from=str(tmp_path / "first_export"))
+    assert _card(tmp_path / "again_export").results == source.results
+    # Another protocol measured on the same state joins them on the next version.
+    other = PROTOCOL.replace(eval_iters=1)
+    added = _run(SINE, tmp_path, "again", protocol=other, mode="evaluate")
+    _run(SINE, tmp_path, "again", protocol=other, mode="export")
+    card = _card(tmp_path / "again_export", version=2)
+    assert set(card.results) == set(source.results) | set(added)
+    assert len(card.results) == 4 and card.default_protocol == other
+
+
 def test_warm_start_under_mirrored_gives_the_same_numbers(tmp_path):
     first = _run(SINE, tmp_path, "first")
     mirrored = SINE.replace(strategy="mirrored")  # one meta-batch of 2 tasks: one per replica

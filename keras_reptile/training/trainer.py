@@ -174,7 +174,8 @@ class MetaTrainer:
         """Starts an empty model_dir from an export (`ExportedState`); returns the step reached.
 
         The export holds the whole run state (initialization, carried Adam statistics, step), so
-        evaluating, re-exporting or training on from it is the same as from the run's checkpoint.
+        evaluating, re-exporting or training on from it is the same as from the run's checkpoint;
+        the results its card lists are recorded as this run's at that step.
         A model_dir that already has a checkpoint keeps it and the export is not read into it.
         """
         if self._latest_checkpoint():
@@ -215,6 +216,12 @@ class MetaTrainer:
                     "version": source.version,
                     "meta_iterations": source.meta_iterations,
                 },
+            )
+            # Measured on this very state: re-exporting it, or measuring another protocol of it,
+            # keeps them on the card.
+            record_measurements(
+                self.model_dir,
+                [m for m in source.card.results if m.meta_iterations == source.meta_iterations],
             )
         self.manager.save(checkpoint_number=source.meta_iterations)
         print(
