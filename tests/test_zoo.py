@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -43,6 +44,43 @@ def test_card_lists_every_protocol_measured_on_these_weights(path):
         for shots in (1, 5):
             for transductive in (False, True):
                 assert card.find(shots=shots, transductive=transductive).num_tasks == 10000
+
+
+def _latest(name: str):
+    return max((p for p in VERSIONS if p.parent.name == name), key=lambda p: int(p.name))
+
+
+def _readme_zoo_rows() -> list[list[str]]:
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in lines
+        if line.startswith("| `") and re.match(r"\| `\w+` \|", line)
+    ]
+
+
+def _agrees(printed: str, value: float) -> bool:
+    """`printed` is `value` rounded to as many decimals as it shows."""
+    decimals = len(printed.partition(".")[2])
+    return abs(float(printed) - value) <= 0.5 * 10**-decimals + 1e-12
+
+
+def test_readme_zoo_table_prints_the_newest_cards_results():
+    rows = _readme_zoo_rows()
+    assert {row[0].strip("`") for row in rows} >= {"sine", "omniglot_5w"}
+    for name, task, answer, ours, *_ in rows:
+        card = ModelCard.read(str(_latest(name.strip("`"))))
+        if card.regression:
+            m = card.find(split="test" if answer == "meta-learned" else "test_from_random_init")
+            scale = 1
+        else:
+            ways, shots = map(int, re.match(r"(\d+)-way (\d+)-shot", task).groups())
+            assert ways == card.ways, (name, task)
+            m = card.find(shots=shots, transductive=answer == "transductive")
+            assert m is not None and m.num_tasks == 10000, (name, task, answer)
+            scale = 100
+        mean, ci95 = re.fullmatch(r"\**([\d.]+) \+- ([\d.]+)( %)?\**", ours).group(1, 2)
+        assert _agrees(mean, scale * m.mean) and _agrees(ci95, scale * m.ci95), (name, task, m)
 
 
 def _skip_without_data(card):
