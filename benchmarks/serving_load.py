@@ -12,8 +12,12 @@ FLOP floor of one 5-way 5-shot request (its forward and backward work over the m
 matmul rate of the machine) and, with `--data_dir`, a training meta-iteration's time
 (`benchmarks/meta_step.py`, the same 3.99 GFLOP of inner steps). With `--in_process`, the same
 clients also call the signature in a process of their own, as the server runs a decoded request
-(`in_process_*`): the difference is what the server adds. Prints one JSON object as its last line;
-exits 1 if any request failed.
+(`in_process_*`): the difference is what the server adds. Two in-process probes bound what the
+server could change: the clients' tasks as one multi-task call (`in_process_stacking_speedup_5w5s`:
+the most task batching can gain on this machine) and the same requests with half the inner steps
+of twice the batch (`in_process_half_steps_speedup_5w5s`: what the protocol's step count costs
+against a training meta-iteration's form). Prints one JSON object as its last line; exits 1 if any
+request failed.
 """
 
 import argparse
@@ -45,6 +49,7 @@ from serving.servable import Servable  # noqa: E402
 from serving.validation import Limits  # noqa: E402
 
 PRESET = "omniglot_5w5s"
+TASK_INPUTS = (sig.SUPPORT_IMAGES, sig.SUPPORT_LABELS, sig.QUERY_IMAGES)
 
 
 def export_untrained(base_dir: str) -> str:
@@ -66,7 +71,8 @@ def export_untrained(base_dir: str) -> str:
     return os.path.dirname(export_saved_model(module, os.path.join(base_dir, PRESET), card))
 
 
-def make_request(model: str, ways: int, shots: int, steps: int, seed: int):
+def make_request(model: str, ways: int, shots: int, steps: int, seed: int, batch: int = 0):
+    """An adapt_and_predict request of one random task; `batch` > 0 sets its inner batch size."""
     rng = np.random.default_rng(seed)
     request = predict_pb2.PredictRequest()
     request.model_spec.name, request.model_spec.signature_name = model, sig.ADAPT_AND_PREDICT
@@ -76,6 +82,8 @@ def make_request(model: str, ways: int, shots: int, steps: int, seed: int):
         sig.QUERY_IMAGES: (rng.random((ways, 28, 28, 1)) > 0.5).astype(np.float32),
         sig.INNER_STEPS: np.int32(steps),
     }
+    if batch:
+        arrays[sig.INNER_BATCH_SIZE] = np.int32(batch)
     for key, value in arrays.items():
         request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
     return request
@@ -192,6 +200,47 @@ def measure_cases(label: str, connect, model: str, args, results: dict) -> None:
             )
 
 
+def stacking_probes(servable, model: str, args, results: dict) -> None:
+    """What task batching and the request's step count can change, in-process (no server).
+
+    `in_process_5w5s_{n}_tasks_one_call`: the `--clients` clients' 5-way 5-shot tasks as one
+    adapt_and_predict_tasks call, as the server's batching runs them; its tasks/s over the
+    `{n}`-client requests/s is the most batching can gain here. `..._half_steps`: the clients'
+    requests with half the inner steps of twice the batch (a training meta-iteration's form: the
+    same images through the network in fewer, larger steps).
+    """
+    n, limits = args.clients, Limits()
+    requests = [make_request(model, 5, 5, args.inner_steps, seed=50 + i) for i in range(n)]
+    each = [{k: tf.make_ndarray(v) for k, v in r.inputs.items()} for r in requests]
+    stacked = {k: np.stack([a[k] for a in each]) for k in TASK_INPUTS}
+    stacked[sig.INNER_STEPS] = np.int32(args.inner_steps)
+    prepared = servable.prepare(sig.ADAPT_AND_PREDICT_TASKS, stacked, limits)
+    servable.run(sig.ADAPT_AND_PREDICT_TASKS, prepared)  # warm up, not timed
+    ms = []
+    for _ in range(args.requests):
+        start = time.perf_counter()
+        servable.run(sig.ADAPT_AND_PREDICT_TASKS, prepared)
+        ms.append(1000 * (time.perf_counter() - start))
+    one_call = results[f"in_process_5w5s_{n}_tasks_one_call"] = {
+        "tasks": n,
+        "calls": len(ms),
+        "errors": 0,  # a failed call raises
+        "p50_ms": round(statistics.median(ms), 1),
+        "tasks_per_s": round(1000 * n * len(ms) / sum(ms), 2),
+    }
+    half = [
+        make_request(model, 5, 5, args.inner_steps // 2, seed=50 + i, batch=10) for i in range(n)
+    ]
+    r = run_clients(in_process_sender(servable), half, n, args.requests)
+    results[f"in_process_5w5s_{n}_clients_half_steps"] = r
+    print(
+        f"in_process, 5-way 5-shot, {n} tasks in one call: {one_call['tasks_per_s']} tasks/s; "
+        f"{n} clients with {args.inner_steps // 2} steps of batch 10: {r['throughput_rps']} "
+        "requests/s",
+        flush=True,
+    )
+
+
 def in_process_results(base: str, model: str, args) -> dict:
     """The `in_process_*` cases, in a subprocess (TensorFlow's threads are set before it runs)."""
     command = [
@@ -265,6 +314,7 @@ def main() -> None:
         servable = Servable.load(args.model, int(os.path.basename(path)), path)
         results = {}
         measure_cases("in_process", in_process_sender(servable), args.model, args, results)
+        stacking_probes(servable, args.model, args, results)
         print(json.dumps(results))
         return
     if args.kernels_only:
@@ -319,6 +369,16 @@ def main() -> None:
     if "batching_5w5s_1_clients" in results and "no_batching_5w5s_1_clients" in results:
         on, off = results[f"batching_5w5s_{n}_clients"], results[f"no_batching_5w5s_{n}_clients"]
         results["batching_speedup_5w5s"] = round(on["throughput_rps"] / off["throughput_rps"], 2)
+    concurrent = results.get(f"in_process_5w5s_{n}_clients")
+    if concurrent and concurrent["throughput_rps"]:
+        one_call = results[f"in_process_5w5s_{n}_tasks_one_call"]["tasks_per_s"]
+        half = results[f"in_process_5w5s_{n}_clients_half_steps"]["throughput_rps"]
+        results["in_process_stacking_speedup_5w5s"] = round(
+            one_call / concurrent["throughput_rps"], 2
+        )
+        results["in_process_half_steps_speedup_5w5s"] = round(
+            half / concurrent["throughput_rps"], 2
+        )
     alone = results.get("no_batching_5w5s_1_clients")
     if alone:
         results["lone_request_p50_over_floor"] = round(alone["p50_ms"] / floor, 2)

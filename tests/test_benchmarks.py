@@ -55,6 +55,17 @@ def test_serving_load_prints_latencies_and_no_errors():
             assert r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] and r["throughput_rps"] > 0, r
     assert out["flop_floor_5w5s_ms"] > 0 and out["batching_speedup_5w5s"] > 0
     assert out["conv_critical_path_5w5s_ms"] > 0
+    one_call = out["in_process_5w5s_2_tasks_one_call"]
+    assert one_call["tasks"] == 2 and one_call["calls"] == 1 and one_call["tasks_per_s"] > 0
+    half = out["in_process_5w5s_2_clients_half_steps"]
+    assert half["errors"] == 0 and half["requests"] == 2
+    concurrent = out["in_process_5w5s_2_clients"]["throughput_rps"]
+    assert out["in_process_stacking_speedup_5w5s"] == pytest.approx(
+        one_call["tasks_per_s"] / concurrent, abs=0.01
+    )
+    assert out["in_process_half_steps_speedup_5w5s"] == pytest.approx(
+        half["throughput_rps"] / concurrent, abs=0.01
+    )
 
 
 def test_the_kernel_bounds_count_every_convolution_of_an_inner_step():
