@@ -63,7 +63,8 @@ class RecordingServable:
         support = arrays[sig.SUPPORT_IMAGES][None] if one else arrays[sig.SUPPORT_IMAGES]
         self.batches.append(len(support))
         time.sleep(self.delay)
-        logits = np.log(support.sum(axis=(1, 2, 3, 4)))[:, None] * np.ones((1, 3))
+        with np.errstate(divide="ignore"):  # an all-zero task answers -inf on purpose
+            logits = np.log(support.sum(axis=(1, 2, 3, 4)))[:, None] * np.ones((1, 3))
         return {sig.LOGITS: logits[0] if one else logits}
 
     def check_outputs(self, signature_name, outputs):
