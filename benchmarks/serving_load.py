@@ -228,14 +228,15 @@ def stacking_probes(servable, model: str, args, results: dict) -> None:
         "p50_ms": round(statistics.median(ms), 1),
         "tasks_per_s": round(1000 * n * len(ms) / sum(ms), 2),
     }
+    batch = 2 * int(servable.defaults[sig.ADAPT_AND_PREDICT][sig.INNER_BATCH_SIZE])
     half = [
-        make_request(model, 5, 5, args.inner_steps // 2, seed=50 + i, batch=10) for i in range(n)
+        make_request(model, 5, 5, args.inner_steps // 2, seed=50 + i, batch=batch) for i in range(n)
     ]
     r = run_clients(in_process_sender(servable), half, n, args.requests)
     results[f"in_process_5w5s_{n}_clients_half_steps"] = r
     print(
         f"in_process, 5-way 5-shot, {n} tasks in one call: {one_call['tasks_per_s']} tasks/s; "
-        f"{n} clients with {args.inner_steps // 2} steps of batch 10: {r['throughput_rps']} "
+        f"{n} clients with {args.inner_steps // 2} steps of batch {batch}: {r['throughput_rps']} "
         "requests/s",
         flush=True,
     )
