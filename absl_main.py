@@ -13,7 +13,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 
 from absl import app, flags, logging  # noqa: E402
 
-from keras_reptile.config import PROTOCOL_FIELDS, STRATEGIES, Protocol, Recipe  # noqa: E402
+from keras_reptile.config import (  # noqa: E402
+    INNER_ADAM_MODES,
+    PROTOCOL_FIELDS,
+    STRATEGIES,
+    Protocol,
+    Recipe,
+)
 from keras_reptile.data.sources import DATA_SOURCES  # noqa: E402
 from keras_reptile.presets import PRESETS, get_preset  # noqa: E402
 from keras_reptile.run import MODES  # noqa: E402
@@ -74,8 +80,13 @@ _FIELD_FLAGS = {
 }
 _FIELDS = {f.name: f for cls in (Recipe, Protocol) for f in dataclasses.fields(cls)}
 _OVERRIDABLE = [name for name in _FIELDS if name not in ("strategy", "dataset", "model")]
+_CHOICES = {"inner_adam": INNER_ADAM_MODES}
 for _name in _OVERRIDABLE:
-    _FIELD_FLAGS[type(_FIELDS[_name].default)](_name, None, f"Overrides the preset's {_name}.")
+    _help = f"Overrides the preset's {_name}."
+    if _name in _CHOICES:
+        flags.DEFINE_enum(_name, None, _CHOICES[_name], _help)
+    else:
+        _FIELD_FLAGS[type(_FIELDS[_name].default)](_name, None, _help)
 
 
 def resolve() -> tuple[Recipe, Protocol, str, str]:

@@ -27,6 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from keras_reptile.config import INNER_ADAM_MODES  # noqa: E402
 from keras_reptile.data.sources import load_tasks  # noqa: E402
 from keras_reptile.data.streams import task_seeds  # noqa: E402
 from keras_reptile.presets import get_preset  # noqa: E402
@@ -161,7 +162,9 @@ def conv_critical_path_ms(model: keras.Model, images: int, steps: int) -> float:
 
 
 def eager_reference_ms(config, tasks, model: keras.Model, iterations: int) -> float:
-    """The same Reptile meta-iteration, written plainly in eager Keras."""
+    """The same Reptile meta-iteration, written plainly in eager Keras (the tasks' Adam
+    statistics carried as `config.inner_adam` says)."""
+    sequential = config.inner_adam == "sequential"
     theta = [v.numpy() for v in model.trainable_variables]
     v_state = [np.zeros_like(w) for w in theta]
     adam_step = 0
@@ -172,7 +175,8 @@ def eager_reference_ms(config, tasks, model: keras.Model, iterations: int) -> fl
         for j in range(config.meta_batch):
             for var, w in zip(model.trainable_variables, theta):
                 var.assign(w)
-            v = [tf.constant(x) for x in v_state]
+            if j == 0 or not sequential:
+                v = [tf.constant(x) for x in v_state]
             task = tasks.sample(
                 task_seeds(99, [it * config.meta_batch + j])[0], config.classes, config.train_shots
             )
@@ -184,7 +188,7 @@ def eager_reference_ms(config, tasks, model: keras.Model, iterations: int) -> fl
                     logits = model(x, training=True)
                     loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
                 grads = tape.gradient(loss, model.trainable_variables)
-                t = adam_step + k + 1
+                t = adam_step + (j * config.inner_iters if sequential else 0) + k + 1
                 lr_t = config.learning_rate * np.sqrt(1 - config.adam_beta2**t)
                 for i, (var, g) in enumerate(zip(model.trainable_variables, grads)):
                     v[i] = config.adam_beta2 * v[i] + (1 - config.adam_beta2) * tf.square(g)
@@ -193,7 +197,7 @@ def eager_reference_ms(config, tasks, model: keras.Model, iterations: int) -> fl
             new_v.append([x.numpy() for x in v])
         eps = 1.0 - it / config.meta_iters
         theta = [w + eps * (np.mean(ws, axis=0) - w) for w, *ws in zip(theta, *new_weights)]
-        v_state = [np.mean(vs, axis=0) for vs in zip(*new_v)]
+        v_state = new_v[-1] if sequential else [np.mean(vs, axis=0) for vs in zip(*new_v)]
         adam_step += config.meta_batch * config.inner_iters
         if it:  # the first iteration warms up
             times.append(time.perf_counter() - start)
@@ -209,6 +213,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=100, help="timed meta-iterations")
     parser.add_argument("--reference_iterations", type=int, default=5)
     parser.add_argument("--task_groups", type=int, default=None, help="overrides the preset's")
+    parser.add_argument(
+        "--inner_adam", choices=INNER_ADAM_MODES, default=None, help="overrides the preset's"
+    )
     parser.add_argument("--intra_op_threads", type=int, default=1, help="as absl_main.py's")
     parser.add_argument("--inter_op_threads", type=int, default=0, help="as absl_main.py's")
     parser.add_argument("--baselines_only", action="store_true", help=argparse.SUPPRESS)
@@ -217,6 +224,8 @@ def main() -> None:
     config = get_preset(args.preset).recipe.replace(eval_interval=0)
     if args.task_groups:
         config = config.replace(task_groups=args.task_groups)
+    if args.inner_adam:
+        config = config.replace(inner_adam=args.inner_adam)
     if args.peak_only:
         print(peak_matmul_gflops())
         return
@@ -263,6 +272,7 @@ def main() -> None:
     result = {
         "preset": args.preset,
         "task_groups": config.task_groups,
+        "inner_adam": config.inner_adam,
         "intra_op_threads": args.intra_op_threads,
         "ms_per_meta_iteration": ms,
         "reference_eager_ms": reference,
@@ -279,7 +289,8 @@ def main() -> None:
         "estimated_training_minutes": round(ms * config.meta_iters / 60e3, 1),
     }
     print(
-        f"{args.preset}: {ms:.1f} ms per meta-iteration (eager reference {reference:.0f} ms); "
+        f"{args.preset} ({config.inner_adam} inner Adam): {ms:.1f} ms per meta-iteration "
+        f"(eager reference {reference:.0f} ms); "
         f"floor {floor:.1f} ms ({gflop:.2f} GFLOP at {peak:.0f} GFLOP/s); "
         f"its convolution kernels alone {kernels:.1f} ms; "
         f"{config.meta_iters:,} meta-iterations in about "

@@ -9,6 +9,7 @@ from typing import Any
 
 DATASETS = ("omniglot", "miniimagenet", "sine")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored")
+INNER_ADAM_MODES = ("parallel", "sequential")
 
 
 def _check_at_least(obj, names, low: int) -> None:
@@ -59,7 +60,14 @@ class Recipe(_Value):
         sgd: bool. Plain SGD in the inner loop instead of Adam with beta1=0.
         adam_beta2: float. Inner Adam's second-moment decay.
         adam_epsilon: float. Inner Adam's epsilon (TF1 placement: outside the square root).
+        inner_adam: str. How a meta-batch's tasks share the carried Adam statistics: "parallel"
+            (every task starts from the same statistics; their average is carried on) or
+            "sequential" (the official code's order: task k starts from the statistics task k-1
+            ended with, and the last task's are carried on). One of `INNER_ADAM_MODES`.
         seed: int. Seeds the class split, the initial weights and every sampled task.
+        replicate: int. Another training of the same run: replicate N > 0 draws its own initial
+            weights and meta-training tasks, with the seed's class split and evaluation tasks,
+            so replicates measure run-to-run spread on paired test tasks. 0 is the seed's run.
         checkpoint_interval: int. Meta-iterations between checkpoints.
         eval_interval: int. Meta-iterations between periodic evaluations (0 = never).
         eval_interval_samples: int. Tasks per periodic evaluation.
@@ -86,7 +94,9 @@ class Recipe(_Value):
     sgd: bool = True
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    inner_adam: str = "parallel"
     seed: int = 0
+    replicate: int = 0
     checkpoint_interval: int = 1000
     eval_interval: int = 1000
     eval_interval_samples: int = 100
@@ -121,7 +131,9 @@ class Recipe(_Value):
             ),
             1,
         )
-        _check_at_least(self, ("eval_interval", "eval_interval_samples", "foml_tail"), 0)
+        _check_at_least(
+            self, ("eval_interval", "eval_interval_samples", "foml_tail", "replicate"), 0
+        )
         if self.learning_rate <= 0:
             raise ValueError(
                 f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate}"
@@ -133,6 +145,16 @@ class Recipe(_Value):
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"`strategy` must be one of {STRATEGIES}. Received: strategy={self.strategy!r}"
+            )
+        if self.inner_adam not in INNER_ADAM_MODES:
+            raise ValueError(
+                f"`inner_adam` must be one of {INNER_ADAM_MODES}. "
+                f"Received: inner_adam={self.inner_adam!r}"
+            )
+        if self.sgd and self.inner_adam != "parallel":
+            raise ValueError(
+                "`inner_adam` orders the inner Adam's carried statistics; SGD carries none. "
+                f"Received: inner_adam={self.inner_adam!r}, sgd=True"
             )
         if self.foml_tail and not self.foml:
             raise ValueError(
@@ -152,7 +174,7 @@ class Recipe(_Value):
 
 # Fields of a Recipe that a resumed or warm-started run must share with the run it continues:
 # they decide the network, its classes, the tasks drawn and the carried optimizer state.
-IDENTITY_FIELDS = ("dataset", "model", "classes", "seed", "sgd")
+IDENTITY_FIELDS = ("dataset", "model", "classes", "seed", "replicate", "sgd", "inner_adam")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from keras_reptile.algorithms import StackedModel
 from keras_reptile.config import Protocol, Recipe
 from keras_reptile.data.sources import load_tasks
-from keras_reptile.data.streams import Stream, stream_key
+from keras_reptile.data.streams import Stream, initialization_seed, stream_key
 from keras_reptile.export.model_card import Measurement, ModelCard, WarmStart
 from keras_reptile.export.saved_model import (
     ServingModule,
@@ -88,8 +88,9 @@ def read_run(model_dir: str) -> tuple[Recipe, RunInfo] | None:
 
 
 def build_stacked_model(recipe: Recipe, input_shape) -> StackedModel:
-    """The registered model with its deterministic initialization for `recipe.seed`."""
-    keras.utils.set_random_seed(recipe.seed)
+    """The registered model with its deterministic initialization for `recipe.seed` and
+    `recipe.replicate`."""
+    keras.utils.set_random_seed(initialization_seed(recipe.seed, recipe.replicate))
     model = build_model(recipe.model, recipe.classes, tuple(input_shape))
     return StackedModel(model, recipe.is_regression)
 

@@ -85,3 +85,18 @@ def predict(fmodel, weights, support_x, query_x, transductive):
     return tf.stack(
         [fmodel(weights, tf.concat([support_x, q[None]], 0))[-1] for q in tf.unstack(query_x)]
     )
+
+
+def official_meta_iteration(fmodel, optimizer, theta, state, tasks, lr, step_size, foml=False):
+    """One meta-iteration as the official code runs it: the meta-batch's tasks one after another
+    through one inner optimizer, each restarting from `theta` but continuing the optimizer state
+    the task before it left; the last task's state is carried on.
+
+    `tasks` is a list of one task's `TaskBatches` each. Returns `(theta, state)`.
+    """
+    deltas = []
+    for batches in tasks:
+        delta, state, _ = task_update(fmodel, optimizer, theta, state, batches, lr, foml)
+        deltas.append(delta)
+    mean = [tf.add_n(list(ds)) / len(deltas) for ds in zip(*deltas)]
+    return [t + step_size * d for t, d in zip(theta, mean)], state

@@ -41,6 +41,8 @@ def run_main(*flags, cwd=None, timeout=600):
         (["--strategy=tpu"], "mirrored"),
         (["--mode=serve"], "train"),
         (["--foml_tail=2"], "pass --foml too"),
+        (["--inner_adam=sequential"], "SGD carries none"),  # the sine preset trains with SGD
+        (["--inner_adam=serial"], "parallel"),
         (["--meta_batch=0"], "Received: meta_batch=0"),
         (["--learning_rate=-1"], "Received: learning_rate=-1"),
         (["--preset=omniglot_5w1s"], "needs --data_dir"),

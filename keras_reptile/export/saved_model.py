@@ -331,6 +331,14 @@ class ExportedState:
     def meta_iterations(self) -> int:
         return self.card.meta_iterations
 
+    def optimizer_state(self) -> AdamState | tuple:
+        """The carried inner-optimizer state, as the trainer's `MetaState` gives it."""
+        if self.card.recipe.sgd:
+            return ()
+        return AdamState(
+            tf.constant(self.adam_step, tf.float32), tuple(tf.constant(v) for v in self.adam_v)
+        )
+
     @property
     def version(self) -> int:
         return int(os.path.basename(os.path.normpath(self.path)))

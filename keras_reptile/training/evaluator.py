@@ -152,14 +152,11 @@ class Evaluator:
             scores.append(tf.reduce_mean(tf.cast(correct, tf.float32), axis=1))
         return tf.stack(scores, axis=1)
 
-    def evaluate(
+    def task_scores(
         self, tasks, weights, state, num_tasks: int, stream_key: int, progress=None
-    ) -> dict[str, EvalResult]:
-        """Scores tasks `0 .. num_tasks - 1` of the seed stream `stream_key`.
-
-        Returns `{"non_transductive": EvalResult, "transductive": EvalResult}` for
-        classification, `{"mse": EvalResult}` for regression.
-        """
+    ) -> np.ndarray:
+        """`[num_tasks, 2]` scores of tasks `0 .. num_tasks - 1` of the seed stream `stream_key`
+        (as `score`): two evaluations on one stream are paired task by task."""
         if id(tasks) not in self._compiled:
             self._compiled[id(tasks)] = tf.function(lambda s, w, st: self.score(tasks, s, w, st))
         run = self._compiled[id(tasks)]
@@ -171,7 +168,21 @@ class Evaluator:
             scores.append(run(seeds, weights, state).numpy())
             if progress is not None:
                 progress(min(self.chunk, num_tasks - start))
-        scores = np.concatenate(scores)[:num_tasks]
+        return np.concatenate(scores)[:num_tasks]
+
+    def evaluate(
+        self, tasks, weights, state, num_tasks: int, stream_key: int, progress=None
+    ) -> dict[str, EvalResult]:
+        """Scores tasks `0 .. num_tasks - 1` of the seed stream `stream_key`.
+
+        Returns `{"non_transductive": EvalResult, "transductive": EvalResult}` for
+        classification, `{"mse": EvalResult}` for regression.
+        """
+        scores = self.task_scores(tasks, weights, state, num_tasks, stream_key, progress)
+        return self.results(scores)
+
+    def results(self, scores: np.ndarray) -> dict[str, EvalResult]:
+        """`task_scores` summarised per answer."""
         if self.model.regression:
             return {MSE: EvalResult.from_scores("mse", scores[:, 0])}
         return {

@@ -21,7 +21,7 @@ from keras_reptile.algorithms import (
     task_update,
 )
 from keras_reptile.config import IDENTITY_FIELDS, Recipe
-from keras_reptile.data.streams import Stream, stream_key
+from keras_reptile.data.streams import Stream, meta_train_key, stream_key
 from keras_reptile.training.results import (
     PERIODIC_RESULTS_FILE,
     measurements,
@@ -63,6 +63,13 @@ class MetaTrainer:
         self.periodic_eval = periodic_eval
         self.optimizer = inner_optimizer(recipe)
         self.tasks_per_replica = tasks_per_replica(strategy, recipe.meta_batch)
+        if recipe.inner_adam == "sequential" and strategy.num_replicas_in_sync > 1:
+            raise ValueError(
+                "`inner_adam=sequential` runs a meta-batch's tasks one after another through one "
+                "Adam, so they cannot be split across replicas; use one device or "
+                "inner_adam=parallel. "
+                f"Received: inner_adam='sequential', replicas={strategy.num_replicas_in_sync}"
+            )
         if train_tasks is not None:
             train_tasks.check(recipe.classes, recipe.train_shots)
         with strategy.scope():
@@ -71,7 +78,7 @@ class MetaTrainer:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self._checkpoint_dir(), max_to_keep=3
         )
-        self._train_key = stream_key(recipe.seed, Stream.META_TRAIN)
+        self._train_key = meta_train_key(recipe.seed, recipe.replicate)
 
     # ----- per-replica (replica context) -----
     def _replica_step(self, step):
@@ -102,24 +109,32 @@ class MetaTrainer:
                     ways=r.classes,
                 )
             )
+        sequential = r.inner_adam == "sequential"
+        # Sequential: each task a stack of one, in order, starting from the statistics the task
+        # before it ended with. Parallel: independent groups, all from the same statistics.
+        sizes = [1] * len(batches) if sequential else group_sizes(len(batches), r.task_groups)
         deltas, vs, losses = [], [], []
+        task_state = stack_state(start_state, 1)
         start = 0
-        for n in group_sizes(len(batches), r.task_groups):
+        for n in sizes:
             group, start = batches[start : start + n], start + n
             update = task_update(
                 self.model,
                 self.optimizer,
                 stack(theta, n),
-                stack_state(start_state, n),
+                task_state if sequential else stack_state(start_state, n),
                 stack_batches(group),
                 lr=r.learning_rate,
                 foml=r.foml,
             )
+            task_state = update.state
             deltas.append([tf.reduce_sum(d, axis=0) for d in update.delta])
             vs.append([tf.reduce_sum(v, axis=0) for v in update.state.v] if update.state else [])
             losses.append(update.mean_loss)
         delta_sum = [tf.add_n(list(ds)) for ds in zip(*deltas)]
-        v_sum = [tf.add_n(list(v)) for v in zip(*vs)]
+        # What the replica contributes to the carried statistics: the last task's (sequential,
+        # one replica) or the sum over its tasks (parallel, averaged across replicas).
+        v_sum = vs[-1] if sequential else [tf.add_n(list(v)) for v in zip(*vs)]
         return ctx.all_reduce(tf.distribute.ReduceOp.SUM, (delta_sum, v_sum, tf.add_n(losses)))
 
     # ----- cross-replica -----
@@ -133,10 +148,11 @@ class MetaTrainer:
         for w, d in zip(self.state.weights, delta_sum):
             w.assign_add(eps * d / r.meta_batch)
         if self.optimizer.kind == "adam":
-            # Tasks run in parallel from the same statistics; carry their average, and count steps
-            # as the official code's sequential tasks do.
+            # Parallel tasks carry their average; sequential ones the last task's. Either way the
+            # step count advances as the official code's sequential tasks count it.
+            carried = r.meta_batch if r.inner_adam == "parallel" else 1
             for v, s in zip(self.state.adam_v, v_sum):
-                v.assign(s / r.meta_batch)
+                v.assign(s / carried)
             self.state.adam_step.assign_add(float(r.meta_batch * r.inner_iters))
         self.state.step.assign_add(1)
         return loss_sum / r.meta_batch, eps

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_reptile.algorithms import task_batches
+from keras_reptile.algorithms import meta_step_size, task_batches
 from keras_reptile.config import Recipe
 from keras_reptile.data.streams import Stream, stream_key
 from keras_reptile.data.tasks import ClassificationTasks, SineTasks
@@ -52,12 +52,16 @@ def trained_weights(model_dir, **kwargs):
     return trainer.state.numpy_weights(), trainer
 
 
+def assert_trained_and_equal_to(trainer, expected, atol):
+    start = trainer.model.initial_weights()
+    got = trainer.state.numpy_weights()
+    assert max(np.abs(a - s.numpy()).max() for a, s in zip(got, start)) > 1e-4  # it trained
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, np.asarray(b), atol=atol)
+
+
 def assert_trained_and_equal(t1, t2, atol):
-    start = t1.model.initial_weights()
-    one, two = t1.state.numpy_weights(), t2.state.numpy_weights()
-    assert max(np.abs(a - s.numpy()).max() for a, s in zip(one, start)) > 1e-4  # it trained
-    for a, b in zip(one, two):
-        np.testing.assert_allclose(a, b, atol=atol)
+    assert_trained_and_equal_to(t1, t2.state.numpy_weights(), atol)
 
 
 def test_mirrored_on_two_devices_matches_one_device(tmp_path):
@@ -148,6 +152,108 @@ def _biases_before_batchnorm(model):
         for a, b in zip(layers, layers[1:])
         if isinstance(a, keras.layers.Conv2D) and isinstance(b, keras.layers.BatchNormalization)
     ]
+
+
+def _oracle_tasks(trainer, config, step):
+    """The `TaskBatches` of meta-iteration `step`, task by task, as the trainer draws them."""
+    key = stream_key(config.seed, Stream.META_TRAIN)
+    tasks = []
+    for j in range(config.meta_batch):
+        seed = tf.constant([key, step * config.meta_batch + j], tf.int64)
+        sample_seed, batch_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        task = trainer.tasks.sample(sample_seed, config.classes, config.train_shots)
+        tasks.append(
+            task_batches(
+                task.support_x, task.support_y, batch_seed, inner_batch=config.inner_batch,
+                inner_iters=config.inner_iters, foml_tail=config.foml_tail, ways=config.classes,
+            )
+        )  # fmt: skip
+    return tasks
+
+
+SEQUENTIAL_SINE = Recipe(
+    meta_iters=4,
+    meta_batch=3,
+    inner_iters=3,
+    sgd=False,
+    learning_rate=0.01,
+    eval_interval=0,
+    checkpoint_interval=4,
+    inner_adam="sequential",
+)
+
+
+@pytest.mark.parametrize("foml, foml_tail", [(False, 0), (True, 0), (True, 5)])
+def test_sequential_inner_adam_equals_the_official_loop(tmp_path, foml, foml_tail):
+    # The sine MLP has no BatchNorm, so no bias whose gradient is pure float noise: Adam's
+    # sign-like steps would amplify that over several meta-iterations.
+    config = SEQUENTIAL_SINE.replace(foml=foml, foml_tail=foml_tail)
+    trainer = MetaTrainer(
+        config,
+        build_stacked_model(config, (1,)),
+        make_strategy("default"),
+        str(tmp_path),
+        train_tasks=SineTasks(),
+    )
+    plain = oracle.FunctionalModel(trainer.model.model, regression=True)
+    theta = plain.initial_weights()
+    state = trainer.optimizer.init_state(theta)
+    for step in range(config.meta_iters):
+        eps = meta_step_size(step, config.meta_iters, config.meta_step, config.meta_step_final)
+        theta, state = oracle.official_meta_iteration(
+            plain, trainer.optimizer, theta, state, _oracle_tasks(trainer, config, step),
+            config.learning_rate, eps, foml,
+        )  # fmt: skip
+    trainer.train()
+    assert_trained_and_equal_to(trainer, theta, atol=1e-6)
+    for got, want in zip(trainer.state.adam_v, state.v):
+        assert float(tf.reduce_max(want)) > 0
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    assert float(trainer.state.adam_step.numpy()) == float(state.step.numpy())
+    assert float(state.step.numpy()) == config.meta_iters * config.meta_batch * config.inner_iters
+
+
+def test_sequential_and_parallel_inner_adam_differ_only_in_the_carried_statistics(tmp_path):
+    # One meta-iteration from zero statistics: the tasks' starting states differ, so the
+    # weights do too; the parallel run carries the tasks' average, the sequential the last's.
+    runs = {}
+    for mode in ("parallel", "sequential"):
+        config = SEQUENTIAL_SINE.replace(inner_adam=mode, meta_iters=1, checkpoint_interval=1)
+        trainer = MetaTrainer(
+            config,
+            build_stacked_model(config, (1,)),
+            make_strategy("default"),
+            str(tmp_path / mode),
+            train_tasks=SineTasks(),
+        )
+        trainer.train()
+        runs[mode] = trainer
+    plain = oracle.FunctionalModel(runs["parallel"].model.model, regression=True)
+    theta = plain.initial_weights()
+    optimizer = runs["parallel"].optimizer
+    start = optimizer.init_state(theta)
+    tasks = _oracle_tasks(runs["parallel"], runs["parallel"].recipe, 0)
+    vs = [oracle.task_update(plain, optimizer, theta, start, b, 0.01)[1].v for b in tasks]
+    averaged = [tf.add_n(list(v)) / len(vs) for v in zip(*vs)]
+    for got, want in zip(runs["parallel"].state.adam_v, averaged):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-7)
+    differ = [
+        np.abs(a.numpy() - b.numpy()).max()
+        for a, b in zip(runs["parallel"].state.weights, runs["sequential"].state.weights)
+    ]
+    assert max(differ) > 1e-4
+
+
+def test_sequential_inner_adam_refuses_several_replicas(tmp_path):
+    config = TINY.replace(sgd=False, inner_adam="sequential")
+    with pytest.raises(ValueError, match="replicas=2"):
+        make_trainer(tmp_path, config=config, strategy="mirrored")
+
+
+def test_resuming_with_another_inner_adam_mode_raises(tmp_path):
+    trained_weights(tmp_path, config=TINY.replace(sgd=False))
+    with pytest.raises(ValueError, match="Received: inner_adam='sequential'"):
+        make_trainer(tmp_path, config=TINY.replace(sgd=False, inner_adam="sequential")).restore()
 
 
 @pytest.mark.parametrize("groups", [2, 3, 4])
