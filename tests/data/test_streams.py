@@ -20,9 +20,7 @@ def test_replicates_draw_their_own_training_but_share_the_evaluation():
     seeds = {initialization_seed(0, r) for r in range(4)}
     assert len(keys) == len(seeds) == 4
     assert all(0 <= s < 2**31 for s in seeds)
-    one, two = (
-        build_stacked_model(Recipe(replicate=r), (1,)).initial_weights() for r in (0, 1)
-    )
+    one, two = (build_stacked_model(Recipe(replicate=r), (1,)).initial_weights() for r in (0, 1))
     assert max(np.abs(a.numpy() - b.numpy()).max() for a, b in zip(one, two)) > 1e-2
     again = build_stacked_model(Recipe(replicate=1), (1,)).initial_weights()
     for a, b in zip(two, again):

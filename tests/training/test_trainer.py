@@ -120,16 +120,8 @@ def test_one_meta_iteration_equals_the_plain_per_task_oracle(tmp_path, foml, fom
     # The oracle draws the same tasks and mini-batches and trains them one at a time.
     plain = oracle.FunctionalModel(trainer.model.model, regression=False)
     theta = plain.initial_weights()
-    key = stream_key(config.seed, Stream.META_TRAIN)
     delta_sum = [tf.zeros_like(w) for w in theta]
-    for index in range(config.meta_batch):
-        seed = tf.constant([key, index], tf.int64)
-        sample_seed, batch_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        task = trainer.tasks.sample(sample_seed, config.classes, config.train_shots)
-        batches = task_batches(
-            task.support_x, task.support_y, batch_seed, inner_batch=config.inner_batch,
-            inner_iters=config.inner_iters, foml_tail=foml_tail, ways=config.classes,
-        )  # fmt: skip
+    for batches in _oracle_tasks(trainer, config, 0):
         delta, _, _ = oracle.task_update(
             plain, trainer.optimizer, theta, (), batches, config.learning_rate, foml
         )
