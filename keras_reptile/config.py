@@ -71,11 +71,13 @@ class Recipe(_Value):
         checkpoint_interval: int. Meta-iterations between checkpoints.
         eval_interval: int. Meta-iterations between periodic evaluations (0 = never).
         eval_interval_samples: int. Tasks per periodic evaluation.
+        summary_interval: int. Meta-iterations between TensorBoard training summaries (and
+            progress updates).
         strategy: str. One of `STRATEGIES`.
         task_groups: int. Each replica's tasks train as this many stacked networks, run
             concurrently on the inter-op thread pool.
 
-    The last five fields say how the run is carried out, not what it learns.
+    The last six fields say how the run is carried out, not what it learns.
     """
 
     dataset: str = "sine"
@@ -100,6 +102,7 @@ class Recipe(_Value):
     checkpoint_interval: int = 1000
     eval_interval: int = 1000
     eval_interval_samples: int = 100
+    summary_interval: int = 100
     strategy: str = "default"
     task_groups: int = 2
 
@@ -127,6 +130,7 @@ class Recipe(_Value):
                 "meta_batch",
                 "meta_iters",
                 "checkpoint_interval",
+                "summary_interval",
                 "task_groups",
             ),
             1,

@@ -36,6 +36,7 @@ from keras_reptile.training.results import (
     write_json,
 )
 from keras_reptile.training.strategy import is_chief, make_strategy
+from keras_reptile.training.summaries import scalar_writer
 from keras_reptile.training.trainer import (
     WARM_START_FILE,
     MetaTrainer,
@@ -227,12 +228,17 @@ def evaluate(
             )
         )
     measured = []
+    writer = scalar_writer(model_dir, "eval")
     for split, tasks, w, s, stream_part in runs:
         key = stream_key(recipe.seed, Stream.EVALUATION, stream_part)
         with tqdm(total=protocol.eval_samples, desc=f"evaluate {split}", unit="task") as bar:
             scores = evaluator.evaluate(tasks, w, s, protocol.eval_samples, key, bar.update)
         for answer, r in scores.items():
             print(f"{split:>22} {answer:>16}: {r}", flush=True)
+        # One tag per protocol's shots: the 1-shot and 5-shot results of a run sit side by side.
+        writer.write(
+            step, {f"{split}/{a}/{protocol.shots}_shot": r.mean for a, r in scores.items()}
+        )
         measured += measurements(split, protocol, scores, step)
     if recipe.is_regression:
         _plot_sine(recipe, protocol, trainer, splits["test"], model_dir)

@@ -16,6 +16,7 @@ from keras_reptile.training.results import (
     record_measurements,
 )
 from tests.fakes import fake_class_images
+from tests.training.test_summaries import read_scalars
 
 # Adam in the inner loop, so the carried statistics travel through the export too; a constant
 # meta step, so a run continued from an export can be compared with one that never stopped.
@@ -172,6 +173,13 @@ def test_one_run_measured_with_two_protocols_exports_one_card_with_both(tmp_path
     ]
     # The run folder keeps the protocol it was created with as its default.
     assert card.default_protocol == PROTOCOL
+    # Each protocol's final results are in TensorBoard too, under its shots.
+    scalars = read_scalars(tmp_path / "run" / "eval")
+    assert {tag for tag in scalars if tag.startswith("test/")} == {
+        "test/mse/5_shot",
+        "test/mse/10_shot",
+    }
+    assert all(steps[-1][0] == SINE.meta_iters for steps in scalars.values())
     assert read_run(str(tmp_path / "run"))[1].protocol == PROTOCOL
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 import tensorflow as tf
 from tqdm import tqdm
@@ -30,6 +31,7 @@ from keras_reptile.training.results import (
 )
 from keras_reptile.training.state import MetaState
 from keras_reptile.training.strategy import is_chief, tasks_per_replica
+from keras_reptile.training.summaries import scalar_writer
 
 log = logging.getLogger(__name__)
 
@@ -262,50 +264,62 @@ class MetaTrainer:
             os.makedirs(self.model_dir, exist_ok=True)
             write_json(path, self.recipe.to_dict())
 
-    def train(self) -> int:
-        """Meta-trains up to `recipe.meta_iters`, resuming from the latest checkpoint.
+    def train(self, num_iterations: int | None = None) -> int:
+        """Meta-trains up to `recipe.meta_iters`, or `num_iterations` more meta-iterations if
+        given (never past `meta_iters`), resuming from the latest checkpoint.
 
         Returns the final step. A finished run is not retrained.
         """
         r = self.recipe
         if self.tasks is None:
             raise ValueError("Training needs the meta-training tasks. Received: train_tasks=None")
+        if num_iterations is not None and num_iterations < 1:
+            raise ValueError(
+                f"`num_iterations` must be >= 1. Received: num_iterations={num_iterations}"
+            )
         start = self.restore()
+        target = (
+            r.meta_iters if num_iterations is None else min(r.meta_iters, start + num_iterations)
+        )
         if start >= r.meta_iters:
             print(f"Already trained to step {start} of {r.meta_iters}: not retraining.", flush=True)
             return start
         if start:
             print(f"Resuming from checkpoint at step {start}.", flush=True)
         train_loop = tf.function(self._train_loop)
-        writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
-        boundaries = [r.checkpoint_interval, r.eval_interval or r.meta_iters, 100]
+        writer = scalar_writer(self.model_dir, "train")
+        boundaries = [r.checkpoint_interval, r.eval_interval or r.meta_iters, r.summary_interval]
         bar = tqdm(
-            total=r.meta_iters,
+            total=target,
             initial=start,
             unit="it",
             desc="meta-train",
             file=sys.stdout,
             mininterval=2.0,
             dynamic_ncols=True,
+            # tqdm's own estimate would count the first call's tracing; the postfix has ours.
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
         )
         step = start
         if step == 0 and r.eval_interval and self.periodic_eval:
             self._periodic_eval(step, writer, bar)  # the curves start at the initialization
-        while step < r.meta_iters:
-            stop = min(r.meta_iters, *[(step // b + 1) * b for b in boundaries])
-            loss, eps = train_loop(tf.constant(stop - step))
+        rate = _SteadyRate()
+        while step < target:
+            stop = min(target, *[(step // b + 1) * b for b in boundaries])
+            began = time.perf_counter()
+            loss, eps = (float(t) for t in train_loop(tf.constant(stop - step)))
+            rate.add(stop - step, time.perf_counter() - began)
             step = stop
             bar.update(stop - bar.n)
-            bar.set_postfix(loss=f"{float(loss):.4f}", eps=f"{float(eps):.3f}", refresh=False)
-            with writer.as_default(step=step):
-                tf.summary.scalar("meta_training_loss", loss)
-                tf.summary.scalar("meta_step_size", eps)
+            bar.set_postfix_str(
+                f"loss={loss:.4f}, eps={eps:.3f}, {rate.describe(target - step)}", refresh=False
+            )
+            writer.write(step, {"meta_training_loss": loss, "meta_step_size": eps})
             if r.eval_interval and step % r.eval_interval == 0 and self.periodic_eval:
                 self._periodic_eval(step, writer, bar)
-            if step % r.checkpoint_interval == 0 or step == r.meta_iters:
+            if step % r.checkpoint_interval == 0 or step == target:
                 self.manager.save(checkpoint_number=step)
         bar.close()
-        writer.flush()
         return step
 
     def _periodic_eval(self, step: int, writer, bar) -> None:
@@ -319,14 +333,32 @@ class MetaTrainer:
         for split, tasks in splits.items():
             key = stream_key(r.seed, Stream.PERIODIC_EVALUATION, split)
             results = evaluator.evaluate(tasks, weights, state, r.eval_interval_samples, key)
-            with writer.as_default(step=step):
-                for answer, result in results.items():
-                    tf.summary.scalar(f"eval/{split}/{answer}", result.mean)
+            writer.write(step, {f"eval/{split}/{a}": res.mean for a, res in results.items()})
             parts.append(f"{split}: " + ", ".join(f"{a} {res}" for a, res in results.items()))
             measured += measurements(split, protocol, results, step)
         if is_chief(self.strategy):
             record_measurements(self.model_dir, measured, PERIODIC_RESULTS_FILE)
         bar.write(f"step {step}: " + "; ".join(parts))
+
+
+class _SteadyRate:
+    """Seconds per meta-iteration over the compiled loop's calls after the first, which also
+    traces the loop."""
+
+    def __init__(self):
+        self.calls, self.steps, self.seconds = 0, 0, 0.0
+
+    def add(self, steps: int, seconds: float) -> None:
+        self.calls += 1
+        if self.calls > 1:
+            self.steps, self.seconds = self.steps + steps, self.seconds + seconds
+
+    def describe(self, remaining: int) -> str:
+        if not self.steps:
+            return "eta=?"
+        per_step = self.seconds / self.steps
+        eta = int(remaining * per_step)
+        return f"{1000 * per_step:.1f} ms/it, eta={eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
 
 
 def read_recipe(model_dir: str) -> Recipe:

@@ -304,3 +304,18 @@ def test_checkpoint_holds_weights_adam_state_and_step(tmp_path):
         "state/weights/0",
     ):
         assert any(n.startswith(part) for n in names), part
+
+
+def test_train_runs_the_given_number_more_and_logs_readable_scalars(tmp_path, capsys):
+    from tests.training.test_summaries import read_scalars
+
+    config = TINY.replace(summary_interval=1, checkpoint_interval=1)
+    trainer = make_trainer(tmp_path, config=config)
+    assert trainer.train(num_iterations=3) == 3
+    assert make_trainer(tmp_path, config=config).train(num_iterations=5) == config.meta_iters
+    out = capsys.readouterr().out
+    assert "ms/it, eta=" in out
+    steps = [step for step, _ in read_scalars(tmp_path / "train")["meta_training_loss"]]
+    assert steps[:3] == [1, 2, 3] and steps[-1] == config.meta_iters
+    with pytest.raises(ValueError, match="Received: num_iterations=0"):
+        trainer.train(num_iterations=0)
