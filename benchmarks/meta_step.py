@@ -251,7 +251,7 @@ def main() -> None:
         trainer = MetaTrainer(
             config, model, make_strategy("default"), model_dir, train_tasks=train_tasks
         )
-        loop = tf.function(trainer._train_loop)
+        loop = tf.function(trainer.meta_step.loop)
         loop(tf.constant(10))[0].numpy()  # trace and warm up
         chunk = 10
         times = []

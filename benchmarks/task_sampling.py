@@ -56,7 +56,7 @@ def main() -> None:
         trainer = MetaTrainer(
             recipe, model, make_strategy("default"), model_dir, train_tasks=train_tasks
         )
-        loop = tf.function(trainer._train_loop)
+        loop = tf.function(trainer.meta_step.loop)
         loop(tf.constant(5))  # trace and warm up
         start = time.perf_counter()
         loop(tf.constant(args.iterations))

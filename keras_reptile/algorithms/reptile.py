@@ -107,6 +107,9 @@ def meta_step_size(step, meta_iters: int, start: float, final: float) -> tf.Tens
     return frac * final + (1.0 - frac) * start
 
 
-def meta_update(theta: list[tf.Tensor], mean_delta: list[tf.Tensor], step_size) -> list[tf.Tensor]:
-    """`theta + step_size * mean_delta`: Reptile's interpolation, or FOMAML's step."""
-    return [t + step_size * d for t, d in zip(theta, mean_delta)]
+def meta_update(
+    theta: list[tf.Tensor], delta_sum: list[tf.Tensor], num_tasks: int, step_size
+) -> list[tf.Tensor]:
+    """`theta + step_size * mean delta` over `num_tasks` tasks: Reptile's interpolation, or
+    FOMAML's step."""
+    return [t + step_size * d / num_tasks for t, d in zip(theta, delta_sum)]

@@ -1,4 +1,5 @@
-"""The meta-training loop: per-replica task maths, the cross-replica meta-step, and the driver."""
+"""The meta-training driver: the compiled loop between checkpoints, summaries and periodic
+evaluations; resume and warm start. The maths of a meta-iteration is `meta_step.MetaStep`."""
 
 from __future__ import annotations
 
@@ -11,18 +12,10 @@ import time
 import tensorflow as tf
 from tqdm import tqdm
 
-from keras_reptile.algorithms import (
-    InnerOptimizer,
-    group_sizes,
-    meta_step_size,
-    stack,
-    stack_batches,
-    stack_state,
-    task_batches,
-    task_update,
-)
+from keras_reptile.algorithms import InnerOptimizer
 from keras_reptile.config import IDENTITY_FIELDS, Recipe
-from keras_reptile.data.streams import Stream, meta_train_key, stream_key
+from keras_reptile.data.streams import Stream, stream_key
+from keras_reptile.training.meta_step import MetaStep
 from keras_reptile.training.results import (
     PERIODIC_RESULTS_FILE,
     measurements,
@@ -30,7 +23,7 @@ from keras_reptile.training.results import (
     write_json,
 )
 from keras_reptile.training.state import MetaState
-from keras_reptile.training.strategy import is_chief, tasks_per_replica
+from keras_reptile.training.strategy import is_chief
 from keras_reptile.training.summaries import scalar_writer
 
 log = logging.getLogger(__name__)
@@ -64,14 +57,6 @@ class MetaTrainer:
         self.strategy, self.model_dir = strategy, model_dir
         self.periodic_eval = periodic_eval
         self.optimizer = inner_optimizer(recipe)
-        self.tasks_per_replica = tasks_per_replica(strategy, recipe.meta_batch)
-        if recipe.inner_adam == "sequential" and strategy.num_replicas_in_sync > 1:
-            raise ValueError(
-                "`inner_adam=sequential` runs a meta-batch's tasks one after another through one "
-                "Adam, so they cannot be split across replicas; use one device or "
-                "inner_adam=parallel. "
-                f"Received: inner_adam='sequential', replicas={strategy.num_replicas_in_sync}"
-            )
         if train_tasks is not None:
             train_tasks.check(recipe.classes, recipe.train_shots)
         with strategy.scope():
@@ -80,92 +65,7 @@ class MetaTrainer:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self._checkpoint_dir(), max_to_keep=3
         )
-        self._train_key = meta_train_key(recipe.seed, recipe.replicate)
-
-    # ----- per-replica (replica context) -----
-    def _replica_step(self, step):
-        """Trains this replica's share of the meta-batch; returns sums over all its tasks.
-
-        Each group of the replica's tasks runs as one stacked network; the groups are
-        independent, so the inter-op thread pool runs them side by side.
-        """
-        r = self.recipe
-        ctx = tf.distribute.get_replica_context()
-        replica = tf.cast(ctx.replica_id_in_sync_group, tf.int64)
-        theta = self.state.read_weights()
-        start_state = self.state.optimizer_state()
-        batches = []
-        for j in range(self.tasks_per_replica):
-            index = step * r.meta_batch + replica * self.tasks_per_replica + j
-            seed = tf.stack([tf.constant(self._train_key, tf.int64), index])
-            sample_seed, batch_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-            task = self.tasks.sample(sample_seed, r.classes, r.train_shots)
-            batches.append(
-                task_batches(
-                    task.support_x,
-                    task.support_y,
-                    batch_seed,
-                    inner_batch=r.inner_batch,
-                    inner_iters=r.inner_iters,
-                    foml_tail=r.foml_tail if r.foml else 0,
-                    ways=r.classes,
-                )
-            )
-        sequential = r.inner_adam == "sequential"
-        # Sequential: each task a stack of one, in order, starting from the statistics the task
-        # before it ended with. Parallel: independent groups, all from the same statistics.
-        sizes = [1] * len(batches) if sequential else group_sizes(len(batches), r.task_groups)
-        deltas, vs, losses = [], [], []
-        task_state = stack_state(start_state, 1)
-        start = 0
-        for n in sizes:
-            group, start = batches[start : start + n], start + n
-            update = task_update(
-                self.model,
-                self.optimizer,
-                stack(theta, n),
-                task_state if sequential else stack_state(start_state, n),
-                stack_batches(group),
-                lr=r.learning_rate,
-                foml=r.foml,
-            )
-            task_state = update.state
-            deltas.append([tf.reduce_sum(d, axis=0) for d in update.delta])
-            vs.append([tf.reduce_sum(v, axis=0) for v in update.state.v] if update.state else [])
-            losses.append(update.mean_loss)
-        delta_sum = [tf.add_n(list(ds)) for ds in zip(*deltas)]
-        # What the replica contributes to the carried statistics: the last task's (sequential,
-        # one replica) or the sum over its tasks (parallel, averaged across replicas).
-        v_sum = vs[-1] if sequential else [tf.add_n(list(v)) for v in zip(*vs)]
-        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, (delta_sum, v_sum, tf.add_n(losses)))
-
-    # ----- cross-replica -----
-    def _meta_step(self):
-        """One meta-iteration: `strategy.run` the tasks, then update the variables once."""
-        r = self.recipe
-        step = self.state.step.read_value()
-        sums = self.strategy.run(self._replica_step, args=(step,))
-        delta_sum, v_sum, loss_sum = self.strategy.experimental_local_results(sums)[0]
-        eps = meta_step_size(step, r.meta_iters, r.meta_step, r.meta_step_final)
-        for w, d in zip(self.state.weights, delta_sum):
-            w.assign_add(eps * d / r.meta_batch)
-        if self.optimizer.kind == "adam":
-            # Parallel tasks carry their average; sequential ones the last task's. Either way the
-            # step count advances as the official code's sequential tasks count it.
-            carried = r.meta_batch if r.inner_adam == "parallel" else 1
-            for v, s in zip(self.state.adam_v, v_sum):
-                v.assign(s / carried)
-            self.state.adam_step.assign_add(float(r.meta_batch * r.inner_iters))
-        self.state.step.assign_add(1)
-        return loss_sum / r.meta_batch, eps
-
-    def _train_loop(self, num_steps):
-        """Runs `num_steps` meta-iterations; returns the mean task loss and the last step size."""
-        loss_total, eps = tf.constant(0.0), tf.constant(0.0)
-        for _ in tf.range(num_steps):
-            loss, eps = self._meta_step()
-            loss_total += loss
-        return loss_total / tf.cast(num_steps, tf.float32), eps
+        self.meta_step = MetaStep(recipe, model, self.optimizer, strategy, self.state, train_tasks)
 
     # ----- driver -----
     def _checkpoint_dir(self) -> str:
@@ -286,7 +186,7 @@ class MetaTrainer:
             return start
         if start:
             print(f"Resuming from checkpoint at step {start}.", flush=True)
-        train_loop = tf.function(self._train_loop)
+        train_loop = tf.function(self.meta_step.loop)
         writer = scalar_writer(self.model_dir, "train")
         boundaries = [r.checkpoint_interval, r.eval_interval or r.meta_iters, r.summary_interval]
         bar = tqdm(

@@ -67,7 +67,7 @@ def test_fomaml_tail_by_hand():
 
 def test_meta_update_and_annealing_by_hand():
     theta = [tf.constant([[0.5]])]
-    new = meta_update(theta, [tf.constant([[0.075]])], 0.5)
+    new = meta_update(theta, [tf.constant([[0.15]])], 2, 0.5)
     assert float(new[0][0, 0]) == pytest.approx(0.5375)
     assert float(meta_step_size(0, 100, 1.0, 0.0)) == pytest.approx(1.0)
     assert float(meta_step_size(25, 100, 1.0, 0.0)) == pytest.approx(0.75)
