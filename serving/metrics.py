@@ -1,4 +1,4 @@
-"""Prometheus metrics under TensorFlow Serving's names, labels, units and path, plus the project's own.
+"""Prometheus metrics under TensorFlow Serving's names, labels and units, plus the project's own.
 
 TensorFlow Serving exports its monitoring counters and samplers as `:tensorflow:serving:...`
 families: counters without prometheus_client's `_total` suffix, histograms in microseconds with
