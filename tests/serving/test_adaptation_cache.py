@@ -13,15 +13,19 @@ PROTOCOL = {"inner_steps": 50, "inner_batch_size": 5, "learning_rate": np.float3
 def test_key_changes_with_every_input_that_decides_the_adaptation():
     base = adaptation_key("m", 1, SUPPORT, PROTOCOL)
     assert base == adaptation_key("m", 1, dict(SUPPORT), dict(PROTOCOL))
+
+    def key(support=SUPPORT, protocol=PROTOCOL, model="m", version=1):
+        return adaptation_key(model, version, support, protocol)
+
     changed = [
-        adaptation_key("n", 1, SUPPORT, PROTOCOL),
-        adaptation_key("m", 2, SUPPORT, PROTOCOL),
-        adaptation_key("m", 1, {**SUPPORT, "support_labels": np.arange(5)[::-1]}, PROTOCOL),
-        adaptation_key("m", 1, {**SUPPORT, "support_labels": np.arange(5, dtype=np.int8)}, PROTOCOL),
-        adaptation_key("m", 1, {**SUPPORT, "support_images": np.zeros((5, 784, 1, 1), np.float32)}, PROTOCOL),
-        adaptation_key("m", 1, SUPPORT, {**PROTOCOL, "inner_steps": 49}),
-        adaptation_key("m", 1, SUPPORT, {**PROTOCOL, "learning_rate": np.float32(0.002)}),
-    ]  # fmt: skip
+        key(model="n"),
+        key(version=2),
+        key({**SUPPORT, "support_labels": np.arange(5)[::-1]}),
+        key({**SUPPORT, "support_labels": np.arange(5, dtype=np.int8)}),
+        key({**SUPPORT, "support_images": np.zeros((5, 784, 1, 1), np.float32)}),
+        key(protocol={**PROTOCOL, "inner_steps": 49}),
+        key(protocol={**PROTOCOL, "learning_rate": np.float32(0.002)}),
+    ]
     assert len({base, *changed}) == len(changed) + 1
     assert len(base) == 64  # hex SHA-256
 
