@@ -30,23 +30,11 @@ import tensorflow as tf  # noqa: E402
 from keras_reptile.config import INNER_ADAM_MODES  # noqa: E402
 from keras_reptile.data.sources import load_tasks  # noqa: E402
 from keras_reptile.data.streams import task_seeds  # noqa: E402
+from keras_reptile.models.cost import ModelCost  # noqa: E402
 from keras_reptile.presets import get_preset  # noqa: E402
 from keras_reptile.run import build_stacked_model  # noqa: E402
 from keras_reptile.training.strategy import make_strategy, set_threads  # noqa: E402
 from keras_reptile.training.trainer import MetaTrainer  # noqa: E402
-
-
-def forward_flops(model: keras.Model) -> int:
-    """Multiply-adds x 2 of one example's forward pass through the conv and dense layers."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, h, w, c_out = layer.output.shape
-            kh, kw, c_in, _ = layer.kernel.shape
-            total += 2 * h * w * kh * kw * c_in * c_out
-        elif isinstance(layer, keras.layers.Dense):
-            total += 2 * int(np.prod(layer.kernel.shape))
-    return total
 
 
 def peak_matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -264,7 +252,7 @@ def main() -> None:
     kernels = conv_kernels_ms(model.model, config.inner_batch, task_steps)
     reference = baselines["reference"]
     images = config.meta_batch * config.inner_iters * config.inner_batch
-    gflop = 3 * forward_flops(model.model) * images / 1e9  # forward + backward ~ 3 x forward
+    gflop = ModelCost.of(model.model).training_flops(images) / 1e9
     peak = machine_peak_gflops()
     floor = 1000 * gflop / peak
     # The ratios are taken of the printed (rounded) times, so the output agrees with itself.

@@ -160,13 +160,11 @@ def run_clients(connect, requests, clients: int, per_client: int) -> dict:
 def request_floor_ms(inner_steps: int, shots: int, peak_gflops: float) -> tuple[float, float]:
     """(GFLOP, ms at the peak rate) of one 5-way request: the inner steps' forward and backward
     passes on batches of the preset's 5, and one forward pass per query on support + query."""
-    sys.path.insert(0, HERE)
-    from meta_step import forward_flops
-
     from keras_reptile.models import build_model
+    from keras_reptile.models.cost import ModelCost
 
-    forward = forward_flops(build_model("omniglot_cnn", 5, (28, 28, 1)))
-    gflop = (3 * forward * inner_steps * 5 + forward * 5 * (5 * shots + 1)) / 1e9
+    cost = ModelCost.of(build_model("omniglot_cnn", 5, (28, 28, 1)))
+    gflop = (cost.training_flops(inner_steps * 5) + cost.forward_flops * 5 * (5 * shots + 1)) / 1e9
     return gflop, 1000 * gflop / peak_gflops
 
 

@@ -1,0 +1,105 @@
+"""A request's cost, known from its shapes and settings before any work starts, and its limits.
+
+The estimate follows what the served signatures compute: per task, `inner_steps` forward and
+backward passes on mini-batches of `inner_batch_size`, then the query pass, which for the
+non-transductive answer runs every query in a batch of its own with the whole support set.
+Memory is bounded above by every layer's activations of the largest pass held at once, plus the
+copies of the support set and weights that pass makes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grpc
+
+from keras_reptile.models.cost import ModelCost
+from serving.errors import ServingError
+
+FLOAT_BYTES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestShape:
+    """What a request asks of a model.
+
+    Args:
+        tasks: int. Tasks adapted (1 for `adapt_and_predict`).
+        support: int. Support examples per task.
+        queries: int. Query examples per task.
+        inner_steps: int. Inner steps per task.
+        inner_batch: int. Inner mini-batch size.
+        transductive: bool. All queries in one batch (else one pass per query with the support).
+        input_floats: int. Values per example.
+        concurrent_tasks: int. Tasks the signature adapts at once (its memory multiplies).
+    """
+
+    tasks: int
+    support: int
+    queries: int
+    inner_steps: int
+    inner_batch: int
+    transductive: bool
+    input_floats: int
+    concurrent_tasks: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestCost:
+    gflop: float
+    memory_bytes: int
+
+    def __str__(self) -> str:
+        return f"{self.gflop:.1f} GFLOP and {self.memory_bytes / 2**20:.0f} MiB"
+
+
+def estimate(model: ModelCost, r: RequestShape) -> RequestCost:
+    """The floating-point work and the peak memory of one request."""
+    per_task_flops = model.training_flops(r.inner_steps * r.inner_batch)
+    if r.transductive:
+        query_examples, copies = r.queries, 0
+    else:
+        query_examples = r.queries * (r.support + 1)
+        # The pass repeats the support set and the weights once per query.
+        copies = r.queries * (r.support * r.input_floats + model.weight_floats)
+    per_task_flops += model.forward_flops * query_examples
+    adapt_floats = r.inner_batch * model.activation_floats * 3  # forward, gradients, BatchNorm
+    query_floats = query_examples * model.activation_floats + copies
+    state_floats = 4 * model.weight_floats + (r.support + r.queries) * r.input_floats
+    peak_per_task = max(adapt_floats, query_floats) + state_floats
+    concurrent = max(1, min(r.tasks, r.concurrent_tasks))
+    return RequestCost(
+        gflop=r.tasks * per_task_flops / 1e9,
+        memory_bytes=concurrent * peak_per_task * FLOAT_BYTES,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class CostLimits:
+    """The most one request may cost (0 = no limit), with the flags that set them.
+
+    Args:
+        max_gflop: float. `--max_request_gflop`.
+        max_memory_mb: float. `--max_request_memory_mb`.
+    """
+
+    max_gflop: float
+    max_memory_mb: float
+
+    def check(self, cost: RequestCost) -> None:
+        """Raises RESOURCE_EXHAUSTED naming the estimate, the limit and the flag to change."""
+        if self.max_gflop and cost.gflop > self.max_gflop:
+            raise ServingError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"The request needs about {cost.gflop:.1f} GFLOP of computation, more than this "
+                f"server allows per request ({self.max_gflop:g} GFLOP, --max_request_gflop); "
+                "send fewer tasks, support or query examples, or fewer inner steps.",
+            )
+        if self.max_memory_mb and cost.memory_bytes > self.max_memory_mb * 2**20:
+            raise ServingError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"The request needs about {cost.memory_bytes / 2**20:.0f} MiB of memory, more "
+                f"than this server allows per request ({self.max_memory_mb:g} MiB, "
+                "--max_request_memory_mb); send fewer support or query examples per request "
+                "(or transductive=true, which passes the queries together).",
+            )
