@@ -17,9 +17,40 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-_ACTIVATIONS = {"linear": None, "relu": tf.nn.relu, "tanh": tf.tanh}
-_IMAGE_LAYERS = (keras.layers.Conv2D, keras.layers.BatchNormalization, keras.layers.MaxPooling2D)
-_LAYERS = (*_IMAGE_LAYERS, keras.layers.ReLU, keras.layers.Flatten, keras.layers.Dense)
+# Element-wise activations, computed by Keras's own functions (so exactly as the Keras model).
+_ELEMENTWISE = (
+    "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish",
+    "tanh", "sigmoid", "hard_sigmoid", "hard_silu", "softplus", "softsign", "log_sigmoid",
+)  # fmt: skip
+# A last layer's softmax is taken as logits: the loss and the signatures apply their own.
+_HEAD_ACTIVATIONS = ("softmax", "log_softmax")
+_POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+_GLOBAL_POOLING = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
+_IMAGE_LAYERS = (keras.layers.Conv2D, keras.layers.BatchNormalization, *_POOLING, *_GLOBAL_POOLING)
+# Weightless element-wise layers: called as they are.
+_ELEMENTWISE_LAYERS = (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU)
+_LAYERS = (
+    *_IMAGE_LAYERS,
+    *_ELEMENTWISE_LAYERS,
+    keras.layers.Activation,
+    keras.layers.LayerNormalization,
+    keras.layers.Softmax,
+    keras.layers.Flatten,
+    keras.layers.Dense,
+)
+_RANDOM_LAYERS = (
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout2D,
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
+)
+SUPPORTED = (
+    "a chain of Conv2D, Dense, BatchNormalization, LayerNormalization (last axis), "
+    "MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, Flatten, "
+    "ReLU, LeakyReLU, ELU and Activation layers, channels-last, with element-wise activations "
+    f"({', '.join(_ELEMENTWISE)}); a softmax on the last layer is taken as logits"
+)
 
 
 def _activation_name(layer) -> str:
@@ -29,33 +60,56 @@ def _activation_name(layer) -> str:
     return activation.get("config", {}).get("name", activation.get("class_name", "?"))
 
 
-def _refuse(layer, what: str, value) -> ValueError:
+def _refuse(layer, what: str, value, instead: str = "") -> ValueError:
+    hint = f" {instead}" if instead else f" Supported: {SUPPORTED}."
     return ValueError(
         f"The stacked implementation cannot compute layer {layer.name!r} "
-        f"({type(layer).__name__}): {what} is not supported. Received: {what}={value!r}"
+        f"({type(layer).__name__}): {what} is not supported.{hint} Received: {what}={value!r}"
     )
 
 
-def check_supported(model: keras.Model) -> None:
-    """Raises `ValueError` naming the first layer or option the stacked path cannot compute.
+def _check_activation(layer, last: bool) -> None:
+    name = _activation_name(layer)
+    if name in _HEAD_ACTIVATIONS and not last:
+        raise _refuse(layer, "activation", name, "A softmax is only taken as the last layer's.")
+    if name not in (*_ELEMENTWISE, *_HEAD_ACTIVATIONS):
+        raise _refuse(layer, "activation", name)
 
-    Supported: a chain of Conv2D, BatchNormalization, ReLU, MaxPooling2D, Flatten and Dense
-    layers, channels-last, with linear, ReLU or tanh activations.
-    """
+
+def check_supported(model: keras.Model) -> None:
+    """Raises `ValueError` naming the first layer or option the stacked path cannot compute, and
+    what to use instead. Supported: see `SUPPORTED`."""
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        raise ValueError(
+            "The model has no defined input: start a Sequential with keras.Input(shape) (or "
+            f"build a functional model on one). Received: model={model.name!r}"
+        ) from None
     layers = [la for la in model.layers if not isinstance(la, keras.layers.InputLayer)]
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
+    if len(inputs) != 1 or len(outputs) != 1:
         raise ValueError(
             "The stacked implementation needs one input and one output. "
-            f"Received: inputs={len(model.inputs)}, outputs={len(model.outputs)}"
+            f"Received: inputs={len(inputs)}, outputs={len(outputs)}"
         )
-    image = len(model.inputs[0].shape) == 4
-    if len(model.inputs[0].shape) not in (2, 4):
+    image = len(inputs[0].shape) == 4
+    if len(inputs[0].shape) not in (2, 4):
         raise ValueError(
             "The stacked implementation takes vectors [N, D] or channels-last images "
-            f"[N, H, W, C]. Received: input_shape={tuple(model.inputs[0].shape)}"
+            f"[N, H, W, C]. Received: input_shape={tuple(inputs[0].shape)}"
         )
-    previous = model.inputs[0]
-    for layer in layers:
+    previous = inputs[0]
+    for position, layer in enumerate(layers):
+        last = position == len(layers) - 1
+        if isinstance(layer, _RANDOM_LAYERS):
+            raise _refuse(
+                layer,
+                "layer type",
+                type(layer).__name__,
+                "It draws new random numbers at every inner step, which the stacked "
+                "implementation does not reproduce; remove it (few-shot adaptation runs a "
+                "handful of steps on a handful of examples).",
+            )
         if type(layer) not in _LAYERS:
             raise _refuse(layer, "layer type", type(layer).__name__)
         if layer.input is not previous:
@@ -69,12 +123,16 @@ def check_supported(model: keras.Model) -> None:
             raise _refuse(layer, "an image layer after Flatten", type(layer).__name__)
         if isinstance(layer, keras.layers.Dense) and image:
             raise _refuse(layer, "Dense on an image (Flatten first)", tuple(layer.input.shape))
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.Activation)):
+            _check_activation(layer, last)
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
-            if _activation_name(layer) not in _ACTIVATIONS:
-                raise _refuse(layer, "activation", _activation_name(layer))
             expected = 1 + int(layer.use_bias)
             if len(layer.trainable_weights) != expected:
                 raise _refuse(layer, "frozen weights", len(layer.trainable_weights))
+        if isinstance(layer, keras.layers.Softmax) and not (last and layer.axis in (-1, [-1])):
+            raise _refuse(
+                layer, "Softmax other than the last layer's, on the last axis", layer.axis
+            )
         if isinstance(layer, keras.layers.Conv2D):
             if tuple(layer.dilation_rate) != (1, 1):
                 raise _refuse(layer, "dilation_rate", tuple(layer.dilation_rate))
@@ -88,11 +146,20 @@ def check_supported(model: keras.Model) -> None:
                 raise _refuse(layer, "center=False or scale=False", (layer.center, layer.scale))
             if len(layer.trainable_weights) != 2:
                 raise _refuse(layer, "frozen weights", len(layer.trainable_weights))
-        if isinstance(layer, keras.layers.ReLU):
-            options = (layer.max_value, float(layer.negative_slope), float(layer.threshold))
-            if options != (None, 0.0, 0.0):
-                raise _refuse(layer, "(max_value, negative_slope, threshold)", options)
-        if isinstance(layer, keras.layers.Flatten):
+        if isinstance(layer, keras.layers.LayerNormalization):
+            rank = len(layer.input.shape)
+            axes = [
+                a % rank for a in (layer.axis if isinstance(layer.axis, list) else [layer.axis])
+            ]
+            if axes != [rank - 1]:
+                raise _refuse(layer, "axis other than the last", layer.axis)
+            if layer.rms_scaling:
+                raise _refuse(layer, "rms_scaling", True)
+            if len(layer.trainable_weights) != int(layer.center) + int(layer.scale):
+                raise _refuse(layer, "frozen weights", len(layer.trainable_weights))
+        if isinstance(layer, _GLOBAL_POOLING) and layer.keepdims:
+            raise _refuse(layer, "keepdims", True, "Pool without keepdims, then Dense layers.")
+        if isinstance(layer, (keras.layers.Flatten, *_GLOBAL_POOLING)):
             image = False
 
 
@@ -209,11 +276,17 @@ class StackedModel:
             n = len(layer.trainable_weights)
             if isinstance(layer, keras.layers.Flatten):
                 x = tf.reshape(x, [tf.shape(x)[0], -1])
+            elif isinstance(layer, _GLOBAL_POOLING):
+                x = _global_pool(layer, x, axes=[1, 2])
             elif isinstance(layer, keras.layers.Dense):
                 x = tf.matmul(x, weights[i])
                 if layer.use_bias:
                     x = x + weights[i + 1]
-                x = _activate(layer, x)
+                x = self._activate(layer, x)
+            elif isinstance(layer, keras.layers.LayerNormalization):
+                x = _layer_norm(layer, x, weights[i : i + n])
+            elif self._is_elementwise(layer):
+                x = self._elementwise(layer, x)
             else:
                 x = self._image_layer(layer, weights[i : i + n], x)
         return x
@@ -224,30 +297,63 @@ class StackedModel:
         image_x = None
         for layer, i in self._layers:
             n = len(layer.trainable_weights)
-            if isinstance(layer, keras.layers.Flatten):
+            if isinstance(layer, (keras.layers.Flatten, *_GLOBAL_POOLING)):
                 if image_x is None:
                     x = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], -1])
-                else:  # [B, H, W, T*C] -> [T, B, H*W*C]
-                    b, h, w = tf.shape(image_x)[0], image_x.shape[1], image_x.shape[2]
-                    x = tf.reshape(image_x, [b, h, w, tf.shape(weights[0])[0], -1])
-                    x = tf.transpose(x, [3, 0, 1, 2, 4])
-                    x = tf.reshape(x, [tf.shape(x)[0], b, -1])
+                else:  # [B, H, W, T*C] -> [T, B, H, W, C] -> [T, B, H*W*C] or pooled [T, B, C]
+                    x = _from_grouped(image_x, tf.shape(weights[0])[0])
+                    if isinstance(layer, keras.layers.Flatten):
+                        x = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], -1])
+                    else:
+                        x = _global_pool(layer, x, axes=[2, 3])
                 image_x = None
-            elif image_x is None and isinstance(layer, keras.layers.ReLU):
-                x = tf.nn.relu(x)
+            elif image_x is None and self._is_elementwise(layer):
+                x = self._elementwise(layer, x)
             elif isinstance(layer, keras.layers.Dense):
                 x = tf.matmul(x, weights[i])
                 if layer.use_bias:
                     x = x + weights[i + 1][:, None, :]
-                x = _activate(layer, x)
+                x = self._activate(layer, x)
+            elif isinstance(layer, keras.layers.LayerNormalization):
+                # Each task's own last axis: x [T, B, D] or [T, B, H, W, C].
+                if image_x is not None:
+                    x = _from_grouped(image_x, tf.shape(weights[i])[0])
+                per_task = [
+                    tf.reshape(w, [-1, *[1] * (len(x.shape) - 2), w.shape[-1]])
+                    for w in weights[i : i + n]
+                ]
+                x = _layer_norm(layer, x, per_task)
+                if image_x is not None:
+                    image_x = _to_grouped(x)
             else:
                 if image_x is None:
                     image_x = _to_grouped(x)
+                if self._is_elementwise(layer):
+                    image_x = self._elementwise(layer, image_x)
+                    continue
                 grouped = [_grouped_weight(w) for w in weights[i : i + n]]
                 image_x = self._image_layer(layer, grouped, image_x)
         if image_x is not None:  # a model that ends on an image layer
             raise ValueError(f"Model {self.model.name} must end with Flatten and Dense layers.")
         return x
+
+    def _is_elementwise(self, layer) -> bool:
+        return isinstance(
+            layer, (*_ELEMENTWISE_LAYERS, keras.layers.Activation, keras.layers.Softmax)
+        )
+
+    def _elementwise(self, layer, x: tf.Tensor) -> tf.Tensor:
+        """A weightless element-wise layer, or the last layer's softmax, which is skipped."""
+        if isinstance(layer, keras.layers.Softmax):
+            return x
+        if isinstance(layer, keras.layers.Activation):
+            return self._activate(layer, x)
+        return layer(x)
+
+    def _activate(self, layer, x: tf.Tensor) -> tf.Tensor:
+        if _activation_name(layer) in _HEAD_ACTIVATIONS:  # the last layer's: logits
+            return x
+        return layer.activation(x)
 
     def _image_layer(self, layer, weights: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
         """One per-channel layer on `x` [..., C'] with its weights laid out for C' channels (one
@@ -256,13 +362,14 @@ class StackedModel:
             x = tf.nn.conv2d(x, weights[0], layer.strides, layer.padding.upper())
             if layer.use_bias and id(layer) not in self._cancelled_bias:
                 x = x + tf.reshape(weights[1], [-1])
-            return _activate(layer, x)
+            return self._activate(layer, x)
         if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta = (tf.reshape(w, [-1]) for w in weights[:2])
             return batch_norm(x, gamma, beta, layer.epsilon)
-        if isinstance(layer, keras.layers.ReLU):
-            return tf.nn.relu(x)
-        return tf.nn.max_pool2d(x, layer.pool_size, layer.strides, layer.padding.upper())
+        pool = (
+            tf.nn.max_pool2d if isinstance(layer, keras.layers.MaxPooling2D) else tf.nn.avg_pool2d
+        )
+        return pool(x, layer.pool_size, layer.strides, layer.padding.upper())
 
 
 def batch_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float) -> tf.Tensor:
@@ -316,6 +423,30 @@ def _grouped_weight(weight: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tf.transpose(weight, [1, 2, 3, 0, 4]), [kh, kw, c, -1])
 
 
-def _activate(layer, x: tf.Tensor) -> tf.Tensor:
-    fn = _ACTIVATIONS[_activation_name(layer)]
-    return x if fn is None else fn(x)
+def _from_grouped(x: tf.Tensor, num_tasks) -> tf.Tensor:
+    """[B, H, W, T*C] -> [T, B, H, W, C]: the inverse of `_to_grouped`."""
+    b, h, w = tf.shape(x)[0], x.shape[1], x.shape[2]
+    x = tf.reshape(x, [b, h, w, num_tasks, -1])
+    return tf.transpose(x, [3, 0, 1, 2, 4])
+
+
+def _global_pool(layer, x: tf.Tensor, axes: list[int]) -> tf.Tensor:
+    if isinstance(layer, keras.layers.GlobalAveragePooling2D):
+        return tf.reduce_mean(x, axis=axes)
+    return tf.reduce_max(x, axis=axes)
+
+
+def _layer_norm(layer, x: tf.Tensor, weights: list[tf.Tensor]) -> tf.Tensor:
+    """Keras's LayerNormalization over the last axis, as it computes it, with `weights` the
+    layer's gamma and beta (whichever it has) broadcastable against `x`."""
+    weights = list(weights)
+    gamma = weights.pop(0) if layer.scale else None
+    beta = weights.pop(0) if layer.center else None
+    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+    inv = tf.math.rsqrt(variance + layer.epsilon)
+    if gamma is not None:
+        inv = inv * gamma
+    res = -mean * inv
+    if beta is not None:
+        res = res + beta
+    return x * inv + res

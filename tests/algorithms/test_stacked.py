@@ -193,10 +193,9 @@ def chain(*layers, shape=(8, 8, 1)):
         (lambda: [keras.layers.Conv2D(2, 3, dilation_rate=2)], "dilation_rate"),
         (lambda: [keras.layers.Conv2D(2, 3), keras.layers.Conv2D(2, 3, groups=2)], "groups"),
         (lambda: [keras.layers.Conv2D(2, 3, data_format="channels_first")], "data_format"),
-        (lambda: [keras.layers.Conv2D(2, 3, activation="sigmoid")], "activation"),
+        (lambda: [keras.layers.Conv2D(2, 3, activation="glu")], "activation"),
         (lambda: [keras.layers.BatchNormalization(axis=1)], "axis"),
         (lambda: [keras.layers.BatchNormalization(center=False)], "center=False"),
-        (lambda: [keras.layers.ReLU(max_value=6.0)], "max_value"),
         (lambda: [keras.layers.Dropout(0.5)], "layer type"),
         (lambda: [keras.layers.Dense(3)], "Dense on an image"),
         (lambda: [keras.layers.Flatten(), keras.layers.BatchNormalization()], "after Flatten"),
@@ -269,3 +268,120 @@ def test_batch_norm_gradient_matches_differentiating_the_moments():
     np.testing.assert_array_equal(results[0][0], results[1][0])  # the same forward ops
     for want, got in zip(results[0][1:], results[1][1:]):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def small_nets():
+    """Models of the layers small few-shot networks use, beyond the paper's."""
+    images = [
+        keras.Input((8, 8, 2)),
+        keras.layers.Conv2D(4, 3, padding="same", activation="gelu"),
+        keras.layers.LayerNormalization(),
+        keras.layers.AveragePooling2D(2),
+        # A non-linearity between LayerNorm and BatchNorm: else BatchNorm would cancel LayerNorm's
+        # beta, whose gradient of pure float noise Adam amplifies (as a conv bias's, below).
+        keras.layers.Activation("tanh"),
+        # No bias before BatchNorm.
+        keras.layers.Conv2D(4, 3, use_bias=False),
+        keras.layers.BatchNormalization(),
+        keras.layers.LeakyReLU(0.2),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(8, activation="silu"),
+        keras.layers.LayerNormalization(center=False),
+        keras.layers.Dense(3),
+    ]
+    pooled_max = [
+        keras.Input((6, 6, 1)),
+        keras.layers.LayerNormalization(),
+        keras.layers.Conv2D(3, 3, activation="elu"),
+        keras.layers.ReLU(max_value=6.0),
+        keras.layers.GlobalMaxPooling2D(),
+        keras.layers.Dense(3),
+    ]
+    vectors = [
+        keras.Input((3,)),
+        keras.layers.Dense(16, activation="selu"),
+        keras.layers.Activation("sigmoid"),
+        keras.layers.LayerNormalization(scale=False),
+        keras.layers.ELU(),
+        keras.layers.Dense(1),
+    ]
+    return {"images": images, "pooled_max": pooled_max, "vectors": vectors}
+
+
+@pytest.mark.parametrize("kind", ["images", "pooled_max", "vectors"])
+def test_widened_layers_match_keras_task_by_task_and_grouped(kind):
+    layers = small_nets()[kind]
+    shape = tuple(layers[0].shape[1:])
+    regression = kind == "vectors"
+    keras_model = keras.Sequential(layers)
+    model = StackedModel(keras_model, regression)
+    plain = oracle.FunctionalModel(keras_model, regression)
+    weights = perturbed(model)
+    x = tf.random.uniform([T, 6, *shape])
+    stacked = model(weights, x)
+    grouped = tf.function(
+        lambda w, x: model(w, x),
+        input_signature=[
+            [tf.TensorSpec([None, *s]) for s in model.weight_shapes],
+            tf.TensorSpec([None, None, *shape]),
+        ],
+    )(weights, x)
+    for t in range(T):
+        expected = plain(unstack(weights, t), x[t])
+        np.testing.assert_allclose(stacked[t], expected, atol=2e-5)
+        np.testing.assert_allclose(grouped[t], expected, atol=2e-5)
+    # Adaptation differentiates them as the oracle does.
+    opt = InnerOptimizer("adam")
+    y = tf.random.uniform([T, 6, 1]) if regression else tf.constant([[0, 1, 2] * 2] * T)
+    seeds = tf.constant([[5, t] for t in range(T)], tf.int64)
+    state = stack_state(opt.init_state(model.initial_weights()), T)
+    adapted = adapt_tasks(model, opt, weights, state, x, y, 0.01, 3, 4, seeds)
+    for t in range(T):
+        start = unstack(weights, t)
+        want = oracle.adapt(
+            plain, opt, start, opt.init_state(start), x[t], y[t], 0.01, 3, 4, seeds[t]
+        )
+        for a, b in zip(adapted, want):
+            np.testing.assert_allclose(a[t], b, atol=1e-5)
+
+
+def test_a_softmax_head_is_taken_as_logits():
+    for head in (
+        [keras.layers.Dense(3, activation="softmax")],
+        [keras.layers.Dense(3), keras.layers.Softmax()],
+    ):
+        keras_model = chain(keras.layers.Flatten(), *head, shape=(4, 4, 1))
+        model = StackedModel(keras_model, regression=False)
+        x = tf.random.uniform([1, 5, 4, 4, 1])
+        logits = model(stack(model.initial_weights(), 1), x)[0]
+        np.testing.assert_allclose(tf.nn.softmax(logits), keras_model(x[0]), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "layers, what, hint",
+    [
+        (lambda: [keras.layers.Dropout(0.5)], "layer type", "remove it"),
+        (lambda: [keras.layers.GaussianNoise(0.1)], "layer type", "random numbers"),
+        (
+            lambda: [
+                keras.layers.Conv2D(2, 3, activation="softmax"),
+                keras.layers.Flatten(),
+                keras.layers.Dense(2),
+            ],
+            "activation",
+            "last layer",
+        ),  # fmt: skip
+        (lambda: [keras.layers.LayerNormalization(axis=1)], "axis other than the last", ""),
+        (lambda: [keras.layers.GlobalAveragePooling2D(keepdims=True)], "keepdims", "without"),
+        (lambda: [keras.layers.Conv2DTranspose(2, 3)], "layer type", "Supported: a chain"),
+    ],
+)
+def test_refusals_say_what_to_use_instead(layers, what, hint):
+    with pytest.raises(ValueError, match="cannot compute") as error:
+        StackedModel(keras.Sequential([keras.Input((8, 8, 4)), *layers()]), regression=False)
+    assert what in str(error.value) and hint in str(error.value)
+
+
+def test_a_sequential_without_an_input_is_refused_with_what_to_add():
+    with pytest.raises(ValueError, match=r"keras.Input\(shape\)"):
+        StackedModel(keras.Sequential([keras.layers.Dense(3)]), regression=True)
