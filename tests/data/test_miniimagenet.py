@@ -10,6 +10,8 @@ from keras_reptile.data.miniimagenet import (
     load_miniimagenet_split,
 )
 from keras_reptile.data.miniimagenet_classes import SPLIT_CLASSES
+from keras_reptile.data.streams import task_seeds
+from keras_reptile.data.tasks import ClassificationTasks
 from tests.fakes import miniimagenet_color as _color
 from tests.fakes import miniimagenet_file_name as _name
 from tests.fakes import save_solid_png as _save
@@ -181,6 +183,8 @@ def test_the_cache_maps_decoded_splits_and_follows_changed_files(tmp_path):
     assert isinstance(again.train.images, np.memmap) and not again.train.images.flags.writeable
     _check_split(again.train, "train")
     np.testing.assert_array_equal(again.test.images, first.test.images)
+    task = ClassificationTasks(again.train).sample(task_seeds(0, [0])[0], ways=5, shots=2)
+    assert task.support_x.shape == (10, SIZE, SIZE, 3)  # The read-only map feeds the sampler.
 
     wnid = sorted(SPLIT_CLASSES["train"])[0]
     path = tmp_path / "data" / "train" / wnid / _name(wnid, 0)
