@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from tests.conftest import OMNIGLOT_DIR, REPO_ROOT, needs_omniglot
+from tests.fakes import write_fake_miniimagenet
 from tests.test_absl_main import ENV
 
 
@@ -66,6 +67,27 @@ def test_serving_load_prints_latencies_and_no_errors():
     assert out["in_process_half_steps_speedup_5w5s"] == pytest.approx(
         half["throughput_rps"] / concurrent, abs=0.01
     )
+
+
+def test_miniimagenet_loading_prints_first_and_cached_loads(tmp_path):
+    write_fake_miniimagenet(tmp_path / "data", per_class=2)
+    out = last_json(
+        "benchmarks/miniimagenet_loading.py",
+        f"--data_dir={tmp_path / 'data'}",
+        f"--cache_dir={tmp_path / 'cache'}",
+        "--images_per_class=2",
+    )
+    assert out["images"] == 200
+    classes = {"train": 64, "val": 16, "test": 20}
+    assert out["array_shapes"] == {split: [n, 2, 84, 84, 3] for split, n in classes.items()}
+    assert out["array_mb"]["train"] == pytest.approx(64 * 2 * 84 * 84 * 3 / 1e6, abs=0.1)
+    for key in ("first_load_s", "cached_load_s", "peak_rss_after_first_load_mb"):
+        assert out[key] > 0, (key, out)
+    assert sorted(p.name.split("-")[1] for p in (tmp_path / "cache").glob("*.npy")) == [
+        "test",
+        "train",
+        "val",
+    ]
 
 
 def test_the_kernel_bounds_count_every_convolution_of_an_inner_step():
