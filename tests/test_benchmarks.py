@@ -103,3 +103,16 @@ def test_the_kernel_bounds_count_every_convolution_of_an_inner_step():
         + [("filter", i) for i in range(4)]
         + [("input", i) for i in (1, 2, 3)]
     )
+
+
+@pytest.mark.slow
+@needs_omniglot
+def test_evaluation_prints_the_time_per_task():
+    out = last_json(
+        "benchmarks/evaluation.py", "--preset=omniglot_5w1s", f"--data_dir={OMNIGLOT_DIR}",
+        "--tasks=20",
+    )  # fmt: skip
+    assert out["tasks"] == 20 and out["ms_per_task"] > 0
+    assert out["minutes_for_10000_tasks"] == pytest.approx(
+        out["ms_per_task"] * 10_000 / 60e3, rel=0.02
+    )
