@@ -1,17 +1,13 @@
 """One library call per run: meta-train, evaluate with a protocol, export.
 
-A run folder (`model_dir`) holds one training recipe's checkpoints and everything needed to go on
-without flags: `recipe.json`, `run.json` (the model's name, its default protocol, its input shape
-and where its data was read), `eval_results.json` (every protocol measured, at which step) and
-`periodic_results.json` (the evaluations taken while training).
+A run folder (`model_dir`, `training.run_folder.RunFolder`) holds one training recipe's
+checkpoints and everything needed to go on without flags.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from typing import Any
 
 import keras
 from tqdm import tqdm
@@ -20,7 +16,7 @@ from keras_reptile.algorithms import StackedModel
 from keras_reptile.config import Protocol, Recipe
 from keras_reptile.data.sources import load_tasks
 from keras_reptile.data.streams import Stream, initialization_seed, stream_key
-from keras_reptile.export.model_card import Measurement, ModelCard, WarmStart
+from keras_reptile.export.model_card import Measurement, ModelCard
 from keras_reptile.export.saved_model import (
     ServingModule,
     export_saved_model,
@@ -29,63 +25,24 @@ from keras_reptile.export.saved_model import (
 from keras_reptile.models import build_model
 from keras_reptile.training.evaluator import Evaluator
 from keras_reptile.training.results import (
-    RESULTS_FILE,
     measurements,
-    read_measurements,
-    record_measurements,
-    write_json,
 )
+from keras_reptile.training.run_folder import RunFolder, RunInfo
 from keras_reptile.training.strategy import is_chief, make_strategy
-from keras_reptile.training.summaries import scalar_writer
+from keras_reptile.training.summaries import ScalarWriter
 from keras_reptile.training.trainer import (
-    WARM_START_FILE,
     MetaTrainer,
     inner_optimizer,
     read_recipe,
 )
 
 MODES = ("train", "evaluate", "export", "all")
-RUN_FILE = "run.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class RunInfo:
-    """What a run folder records besides its recipe (`run.json`).
-
-    Args:
-        name: str. The model's name (its SavedModel base folder).
-        protocol: Protocol. The default protocol: the signatures' defaults and `--mode=evaluate`'s.
-        input_shape: tuple. One example's shape, so exporting needs no data.
-        data_dir, data_source, tfds_manual_dir: where the data was read, so evaluating needs no
-            flags.
-    """
-
-    name: str
-    protocol: Protocol
-    input_shape: tuple[int, ...]
-    data_dir: str | None = None
-    data_source: str = "local"
-    tfds_manual_dir: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "input_shape": list(self.input_shape)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunInfo:
-        data = dict(data)
-        data["protocol"] = Protocol.from_dict(data["protocol"])
-        data["input_shape"] = tuple(data["input_shape"])
-        return cls(**data)
 
 
 def read_run(model_dir: str) -> tuple[Recipe, RunInfo] | None:
     """The recipe and `RunInfo` of the run in `model_dir`, or None if it holds no run."""
-    path = os.path.join(model_dir, RUN_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        info = RunInfo.from_dict(json.load(f))
-    return read_recipe(model_dir), info
+    info = RunFolder(model_dir).info()
+    return None if info is None else (read_recipe(model_dir), info)
 
 
 def build_stacked_model(recipe: Recipe, input_shape) -> StackedModel:
@@ -194,7 +151,7 @@ def _write_run_info(
         )
     else:
         return
-    write_json(os.path.join(model_dir, RUN_FILE), info.to_dict())
+    RunFolder(model_dir).write_info(info)
 
 
 def _evaluator(recipe: Recipe, protocol: Protocol, model: StackedModel) -> Evaluator:
@@ -228,7 +185,8 @@ def evaluate(
             )
         )
     measured = []
-    writer = scalar_writer(model_dir, "eval")
+    folder = RunFolder(model_dir)
+    writer = ScalarWriter(folder.summaries("eval"))
     for split, tasks, w, s, stream_part in runs:
         key = stream_key(recipe.seed, Stream.EVALUATION, stream_part)
         with tqdm(total=protocol.eval_samples, desc=f"evaluate {split}", unit="task") as bar:
@@ -242,7 +200,7 @@ def evaluate(
         measured += measurements(split, protocol, scores, step)
     if recipe.is_regression:
         _plot_sine(recipe, protocol, trainer, splits["test"], model_dir)
-    record_measurements(model_dir, measured)
+    folder.record(measured)
     return measured
 
 
@@ -271,19 +229,15 @@ def _plot_sine(recipe, protocol, trainer, tasks, model_dir) -> None:
 
 def recorded_results(model_dir: str) -> list[Measurement]:
     """Every evaluation recorded in the run folder."""
-    return read_measurements(model_dir, RESULTS_FILE)
+    return RunFolder(model_dir).results()
 
 
 def export(name: str, protocol: Protocol, trainer: MetaTrainer, export_dir: str) -> str:
     """Exports the run's state (initialization, carried Adam statistics, step) with a model card
     listing every protocol measured at this step."""
     step = int(trainer.state.step.numpy())
-    results = [m for m in recorded_results(trainer.model_dir) if m.meta_iterations == step]
-    warm_start = None
-    path = os.path.join(trainer.model_dir, WARM_START_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            warm_start = WarmStart(**json.load(f))
+    results = [m for m in trainer.folder.results() if m.meta_iterations == step]
+    warm_start = trainer.folder.warm_start()
     card = ModelCard(
         name=name,
         recipe=trainer.recipe,

@@ -7,8 +7,6 @@ with `simple_value` is read by both.
 
 from __future__ import annotations
 
-import os
-
 import tensorflow as tf
 
 
@@ -33,8 +31,3 @@ class ScalarWriter:
         with self._writer.as_default():
             tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=int(step))
         self._writer.flush()
-
-
-def scalar_writer(model_dir: str, name: str) -> ScalarWriter:
-    """The writer of `model_dir/name` (`train` for training curves, `eval` for final results)."""
-    return ScalarWriter(os.path.join(model_dir, name))

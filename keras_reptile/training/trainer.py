@@ -3,9 +3,7 @@ evaluations; resume and warm start. The maths of a meta-iteration is `meta_step.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 import time
 
@@ -15,22 +13,15 @@ from tqdm import tqdm
 from keras_reptile.algorithms import InnerOptimizer
 from keras_reptile.config import IDENTITY_FIELDS, Recipe
 from keras_reptile.data.streams import Stream, stream_key
+from keras_reptile.export.model_card import WarmStart
 from keras_reptile.training.meta_step import MetaStep
-from keras_reptile.training.results import (
-    PERIODIC_RESULTS_FILE,
-    measurements,
-    record_measurements,
-    write_json,
-)
+from keras_reptile.training.results import measurements
+from keras_reptile.training.run_folder import RunFolder
 from keras_reptile.training.state import MetaState
 from keras_reptile.training.strategy import is_chief
-from keras_reptile.training.summaries import scalar_writer
+from keras_reptile.training.summaries import ScalarWriter
 
 log = logging.getLogger(__name__)
-
-RECIPE_FILE = "recipe.json"
-# Written into model_dir when a run starts from an export rather than from scratch.
-WARM_START_FILE = "warm_start.json"
 
 
 def inner_optimizer(recipe: Recipe) -> InnerOptimizer:
@@ -55,6 +46,7 @@ class MetaTrainer:
     def __init__(self, recipe, model, strategy, model_dir, train_tasks=None, periodic_eval=None):
         self.recipe, self.model, self.tasks = recipe, model, train_tasks
         self.strategy, self.model_dir = strategy, model_dir
+        self.folder = RunFolder(model_dir)
         self.periodic_eval = periodic_eval
         self.optimizer = inner_optimizer(recipe)
         if train_tasks is not None:
@@ -70,14 +62,14 @@ class MetaTrainer:
     # ----- driver -----
     def _checkpoint_dir(self) -> str:
         if is_chief(self.strategy):
-            return os.path.join(self.model_dir, "checkpoints")
+            return self.folder.checkpoints
         # Non-chief workers of multi_worker_mirrored must save too, but to a scratch directory.
         resolver = self.strategy.cluster_resolver
-        return os.path.join(self.model_dir, f"scratch_{resolver.task_type}_{resolver.task_id}")
+        return self.folder.scratch(resolver.task_type, resolver.task_id)
 
     def _latest_checkpoint(self) -> str | None:
         # Every worker restores the chief's checkpoint, whichever folder it saves to.
-        return tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
+        return tf.train.latest_checkpoint(self.folder.checkpoints)
 
     def restore(self) -> int:
         """Restores the latest checkpoint if any; returns the step to continue from."""
@@ -127,19 +119,13 @@ class MetaTrainer:
         self.state.step.assign(source.meta_iterations)
         if is_chief(self.strategy):
             # Name and version, not the path: the card must say the same wherever it was made.
-            write_json(
-                os.path.join(self.model_dir, WARM_START_FILE),
-                {
-                    "model": source.card.name,
-                    "version": source.version,
-                    "meta_iterations": source.meta_iterations,
-                },
+            self.folder.write_warm_start(
+                WarmStart(source.card.name, source.version, source.meta_iterations)
             )
             # Measured on this very state: re-exporting it, or measuring another protocol of it,
             # keeps them on the card.
-            record_measurements(
-                self.model_dir,
-                [m for m in source.card.results if m.meta_iterations == source.meta_iterations],
+            self.folder.record(
+                [m for m in source.card.results if m.meta_iterations == source.meta_iterations]
             )
         self.manager.save(checkpoint_number=source.meta_iterations)
         print(
@@ -150,9 +136,8 @@ class MetaTrainer:
 
     def _check_recipe(self) -> None:
         """Refuses to resume a run whose identity fields differ; records the recipe of a new one."""
-        path = os.path.join(self.model_dir, RECIPE_FILE)
-        if os.path.exists(path):
-            saved = read_recipe(self.model_dir)
+        saved = self.folder.recipe()
+        if saved is not None:
             for key in IDENTITY_FIELDS:
                 if getattr(saved, key) != getattr(self.recipe, key):
                     raise ValueError(
@@ -161,8 +146,7 @@ class MetaTrainer:
                         f"--model_dir. Received: {key}={getattr(self.recipe, key)!r}"
                     )
         elif is_chief(self.strategy):
-            os.makedirs(self.model_dir, exist_ok=True)
-            write_json(path, self.recipe.to_dict())
+            self.folder.write_recipe(self.recipe)
 
     def train(self, num_iterations: int | None = None) -> int:
         """Meta-trains up to `recipe.meta_iters`, or `num_iterations` more meta-iterations if
@@ -187,7 +171,7 @@ class MetaTrainer:
         if start:
             print(f"Resuming from checkpoint at step {start}.", flush=True)
         train_loop = tf.function(self.meta_step.loop)
-        writer = scalar_writer(self.model_dir, "train")
+        writer = ScalarWriter(self.folder.summaries("train"))
         boundaries = [r.checkpoint_interval, r.eval_interval or r.meta_iters, r.summary_interval]
         bar = tqdm(
             total=target,
@@ -237,7 +221,7 @@ class MetaTrainer:
             parts.append(f"{split}: " + ", ".join(f"{a} {res}" for a, res in results.items()))
             measured += measurements(split, protocol, results, step)
         if is_chief(self.strategy):
-            record_measurements(self.model_dir, measured, PERIODIC_RESULTS_FILE)
+            self.folder.record(measured, periodic=True)
         bar.write(f"step {step}: " + "; ".join(parts))
 
 
@@ -263,11 +247,9 @@ class _SteadyRate:
 
 def read_recipe(model_dir: str) -> Recipe:
     """The recipe of the run in `model_dir`."""
-    path = os.path.join(model_dir, RECIPE_FILE)
-    try:
-        with open(path) as f:
-            return Recipe.from_dict(json.load(f))
-    except (OSError, ValueError) as e:
+    recipe = RunFolder(model_dir).recipe()
+    if recipe is None:
         raise ValueError(
-            f"Cannot read the run's {RECIPE_FILE}: {e}. Received: model_dir={model_dir!r}"
-        ) from None
+            f"The folder holds no run's recipe.json. Received: model_dir={model_dir!r}"
+        )
+    return recipe

@@ -3,7 +3,7 @@ import os
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from keras_reptile.training.summaries import scalar_writer
+from keras_reptile.training.summaries import ScalarWriter
 
 
 def read_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
@@ -15,7 +15,7 @@ def read_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_scalars_are_read_by_event_accumulator(tmp_path):
-    writer = scalar_writer(str(tmp_path), "train")
+    writer = ScalarWriter(str(tmp_path / "train"))
     writer.write(10, {"loss": 0.5, "eval/test/accuracy": 0.25})
     writer.write(20, {"loss": 0.25})
     scalars = read_scalars(tmp_path / "train")
