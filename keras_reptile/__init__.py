@@ -8,6 +8,7 @@ __version__ = "0.4.0"
 
 # Public names, imported on first use so that `import keras_reptile` stays light (no TensorFlow).
 _LAZY = {
+    "FewShotModel": "keras_reptile.few_shot",
     "Reptile": "keras_reptile.meta_learner",
     "FOMAML": "keras_reptile.meta_learner",
     "MetaLearner": "keras_reptile.meta_learner",

@@ -293,3 +293,17 @@ def test_cli_errors_exit_non_zero_with_the_message(server, tmp_path, args, messa
     np.savez(tmp_path / "task.npz", **task())
     result = _cli("--target", server.grpc_target, *args, "--support", str(tmp_path / "task.npz"))
     assert result.returncode == 1 and message in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("transductive", [False, True])
+def test_few_shot_model_answers_as_the_server_does(server, transductive):
+    from keras_reptile.few_shot import FewShotModel
+
+    inputs = task(6, shots=3)
+    model = FewShotModel(export("omni", 2))  # the shared server's latest "omni" version
+    got = model.adapt_and_predict(*inputs.values(), transductive=transductive)
+    served = _grpc(server, "omni", sig.ADAPT_AND_PREDICT, {
+        **inputs, sig.TRANSDUCTIVE: np.asarray(transductive),
+    })  # fmt: skip
+    np.testing.assert_array_equal(got[sig.CLASSES], served[sig.CLASSES])
+    np.testing.assert_allclose(got[sig.PROBABILITIES], served[sig.PROBABILITIES], atol=1e-6)
