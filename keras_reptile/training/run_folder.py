@@ -19,7 +19,7 @@ import json
 import os
 from typing import Any
 
-from keras_reptile.config import Protocol, Recipe
+from keras_reptile.config import Protocol, Recipe, identity_difference
 from keras_reptile.export.model_card import Measurement, WarmStart
 from keras_reptile.training.results import (
     PERIODIC_RESULTS_FILE,
@@ -104,6 +104,21 @@ class RunFolder:
     def recipe(self) -> Recipe | None:
         """The recorded recipe, or None for a new run."""
         return self._read(RECIPE_FILE, Recipe.from_dict)
+
+    def check_recipe(self, recipe: Recipe) -> bool:
+        """Refuses `recipe` if the folder holds a run of another identity; returns whether the
+        folder holds a recipe already."""
+        saved = self.recipe()
+        if saved is None:
+            return False
+        key = identity_difference(saved, recipe)
+        if key is not None:
+            raise ValueError(
+                f"{self.path} holds a run with {key}={getattr(saved, key)!r}; resuming it with a "
+                f"different value is not possible. Use another --model_dir. "
+                f"Received: {key}={getattr(recipe, key)!r}"
+            )
+        return True
 
     def write_recipe(self, recipe: Recipe) -> None:
         os.makedirs(self.path, exist_ok=True)

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from keras_reptile.algorithms import InnerOptimizer
-from keras_reptile.config import IDENTITY_FIELDS, Recipe
+from keras_reptile.config import Recipe, identity_difference
 from keras_reptile.data.streams import Stream, stream_key
 from keras_reptile.export.model_card import WarmStart
 from keras_reptile.training.meta_step import MetaStep
@@ -97,13 +97,12 @@ class MetaTrainer:
                 flush=True,
             )
             return step
-        for key in IDENTITY_FIELDS:
-            saved, mine = getattr(source.card.recipe, key), getattr(self.recipe, key)
-            if saved != mine:
-                raise ValueError(
-                    f"{source.path} was trained with {key}={saved!r}; this run cannot start "
-                    f"from it. Received: {key}={mine!r}"
-                )
+        key = identity_difference(source.card.recipe, self.recipe)
+        if key is not None:
+            raise ValueError(
+                f"{source.path} was trained with {key}={getattr(source.card.recipe, key)!r}; "
+                f"this run cannot start from it. Received: {key}={getattr(self.recipe, key)!r}"
+            )
         shapes = [tuple(w.shape) for w in self.state.weights]
         received = [tuple(w.shape) for w in source.weights]
         if received != shapes:
@@ -137,16 +136,7 @@ class MetaTrainer:
 
     def _check_recipe(self) -> None:
         """Refuses to resume a run whose identity fields differ; records the recipe of a new one."""
-        saved = self.folder.recipe()
-        if saved is not None:
-            for key in IDENTITY_FIELDS:
-                if getattr(saved, key) != getattr(self.recipe, key):
-                    raise ValueError(
-                        f"{self.model_dir} holds a run with {key}={getattr(saved, key)!r}; "
-                        "resuming it with a different value is not possible. Use another "
-                        f"--model_dir. Received: {key}={getattr(self.recipe, key)!r}"
-                    )
-        elif is_chief(self.strategy):
+        if not self.folder.check_recipe(self.recipe) and is_chief(self.strategy):
             self.folder.write_recipe(self.recipe)
 
     def epoch_length(self) -> int:
