@@ -7,6 +7,7 @@ import inspect
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -26,8 +27,10 @@ from keras_reptile.config import Protocol
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
 
-# Tasks of one adapt_and_predict_tasks call adapting at the same time.
+# Tasks of one multi-task call running at the same time.
 _PARALLEL_TASKS = 4
+# Every value of the warmup requests' adapted weights.
+WARMUP_WEIGHT = 0.01
 
 
 class ServingModule(tf.Module):
@@ -314,8 +317,8 @@ def next_version(base_dir: str) -> int:
 
 
 def warmup_arrays(spec: sig.SignatureSpec, input_shape, ways: int, seed: int = 0) -> dict:
-    """A valid request's required inputs for `spec`: one example per class and small random
-    adapted weights (two tasks of them for a multi-task signature)."""
+    """A valid request's required inputs for `spec`: one example per class (values 0 or 1) and
+    constant adapted weights (two tasks of them for a multi-task signature)."""
     rng = np.random.default_rng(seed)
     arrays = {}
     for inp in spec.inputs:
@@ -327,13 +330,13 @@ def warmup_arrays(spec: sig.SignatureSpec, input_shape, ways: int, seed: int = 0
                 raise ValueError(
                     f"Warmup needs the length of {sig.ADAPTED_WEIGHTS}. Received: shape={inp.shape}"
                 )
-            value = rng.normal(0.0, 0.1, lead + (inp.shape[-1],))
+            value = np.full(lead + (inp.shape[-1],), WARMUP_WEIGHT)
         elif inp.dtype == tf.int32:
             value = np.broadcast_to(np.arange(ways, dtype=np.int32), lead + (ways,))
         elif inp.key == sig.SUPPORT_TARGETS:
             value = rng.normal(size=lead + (ways, 1))
-        else:
-            value = rng.random(lead + (ways, *input_shape))
+        else:  # 0 or 1 in each value, as Omniglot's strokes: the warmup file compresses well
+            value = rng.integers(0, 2, lead + (ways, *input_shape))
         arrays[inp.key] = np.ascontiguousarray(value, inp.dtype.as_numpy_dtype)
     return arrays
 
@@ -347,7 +350,11 @@ def _warmup_records(module: ServingModule, model_name: str) -> list[bytes]:
             model_spec=model_pb2.ModelSpec(name=model_name, signature_name=name)
         )
         for key, value in warmup_arrays(spec, module._model.input_shape, module.ways).items():
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            if key == sig.ADAPTED_WEIGHTS:  # one value, repeated by TensorFlow to the shape
+                proto = tf.make_tensor_proto(value.flat[0], tf.float32, value.shape)
+            else:
+                proto = tf.make_tensor_proto(value)
+            request.inputs[key].CopyFrom(proto)
         log = prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)
         )
@@ -355,11 +362,28 @@ def _warmup_records(module: ServingModule, model_name: str) -> list[bytes]:
     return records
 
 
-def export_saved_model(module: ServingModule, base_dir: str, card: ModelCard) -> str:
-    """Writes `module` to `base_dir/<next version>/` atomically and returns that path.
+def export_saved_model(
+    module: ServingModule,
+    base_dir: str,
+    card: ModelCard,
+    *,
+    version: int | None = None,
+    verify: Callable[[str], None] | None = None,
+) -> str:
+    """Writes `module` to `base_dir/<version>/` atomically and returns that path.
 
-    The export is written beside the versions under a hidden name, checked by reloading it, and
-    only then renamed into place, so a half-written or broken export never appears as a version.
+    The export is written beside the versions under a hidden name, checked by reloading it (and
+    by `verify`, called with its path), and only then renamed into place, so a half-written or
+    broken export never appears as a version.
+
+    Args:
+        module: ServingModule. What to export.
+        base_dir: str. The model's base folder.
+        card: ModelCard. Its card (`package_version` is set to this package's).
+        version: int or None. None: the next version. An existing version is replaced: it is
+            moved aside under a hidden name, the new one renamed into place, the old one deleted.
+        verify: optional function of the written folder's path that raises if it is not fit to
+            become the version.
     """
     card = dataclasses.replace(card, package_version=__version__)
     os.makedirs(base_dir, exist_ok=True)
@@ -379,13 +403,32 @@ def export_saved_model(module: ServingModule, base_dir: str, card: ModelCard) ->
             raise RuntimeError(f"Export check failed: signatures {sorted(missing)} are missing.")
         if ModelCard.read(tmp) != card:
             raise RuntimeError("Export check failed: the model card does not read back as written.")
-        version = next_version(base_dir)
-        final = os.path.join(base_dir, str(version))
-        os.rename(tmp, final)
+        if verify is not None:
+            verify(tmp)
+        final = os.path.join(base_dir, str(next_version(base_dir) if version is None else version))
+        _move_into_place(tmp, final)
         return final
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _move_into_place(src: str, final: str) -> None:
+    """Renames `src` to `final`, replacing (then deleting) a folder already there."""
+    if not os.path.exists(final):
+        os.rename(src, final)
+        return
+    old = tempfile.mkdtemp(prefix=".replaced-", dir=os.path.dirname(final))
+    aside = os.path.join(old, os.path.basename(final))
+    os.rename(final, aside)
+    try:
+        os.rename(src, final)
+    except BaseException:
+        os.rename(aside, final)
+        raise
+    finally:
+        if not os.path.exists(aside) or os.path.exists(final):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclasses.dataclass(frozen=True)
