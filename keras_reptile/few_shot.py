@@ -197,7 +197,7 @@ class FewShotModel:
         support = self._support(support_x, support_y)
         settings = self._protocol_inputs(inner_steps, inner_batch_size, learning_rate, transductive)
         weights = None
-        if getattr(sig, "ADAPT", None) in self._signatures:
+        if sig.ADAPT in self._signatures:
             adapt_inputs = {**support, **{k: v for k, v in settings.items()
                                           if k != sig.TRANSDUCTIVE}}  # fmt: skip
             weights = self._signatures[sig.ADAPT](**adapt_inputs)[sig.ADAPTED_WEIGHTS]
@@ -223,8 +223,10 @@ class AdaptedModel:
         if self.weights is None:  # an export without the adapt signatures: adapt again
             inputs = {**self._support, query_key: query, **self._settings}
             return _numpy(base._signatures[sig.ADAPT_AND_PREDICT](**inputs))
-        inputs = {**self._support, query_key: query, sig.ADAPTED_WEIGHTS: self.weights}
+        inputs = {query_key: query, sig.ADAPTED_WEIGHTS: self.weights}
         if not base.regression:
+            # The non-transductive answer normalises each query with the support set's batch.
+            inputs[sig.SUPPORT_IMAGES] = self._support[sig.SUPPORT_IMAGES]
             inputs[sig.TRANSDUCTIVE] = self._settings[sig.TRANSDUCTIVE]
         return _numpy(base._signatures[sig.PREDICT_ADAPTED](**inputs))
 
