@@ -107,7 +107,8 @@ def split_classes(
         if len(idx) < max(min_classes, 1):
             raise ValueError(
                 f"The {split} split has {len(idx)} of the {len(names)} classes; tasks need at "
-                f"least {max(min_classes, 1)} (their ways). Received: {how}, "
+                f"least {max(min_classes, 1)} (their ways): add classes, change the split or "
+                f"draw fewer ways. Received: {how}, "
                 f"min_classes={min_classes}"
             )
     train_images, train_names = images[train_idx], [names[i] for i in train_idx]
