@@ -7,10 +7,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-DATASETS = ("omniglot", "miniimagenet", "sine", "folder")
+# `arrays`: images handed to `run(..., tasks=...)` in Python (`keras_reptile.data.arrays`).
+DATASETS = ("omniglot", "miniimagenet", "sine", "folder", "arrays")
 # `tfds:<name>` names a tensorflow-datasets image classification dataset (your own data).
 TFDS_PREFIX = "tfds:"
-# Recipe fields that only apply to your own data (`folder`, `tfds:<name>`).
+# Recipe fields that only apply to your own data (`folder`, `arrays`, `tfds:<name>`).
 OWN_DATA_FIELDS = ("image_size", "channels", "test_fraction", "test_classes", "rotations")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored")
 INNER_ADAM_MODES = ("parallel", "sequential")
@@ -137,8 +138,8 @@ class Recipe(_Value):
 
     @property
     def is_own_data(self) -> bool:
-        """Whether the dataset is the user's own (`folder` or `tfds:<name>`)."""
-        return self.dataset == "folder" or self.dataset.startswith(TFDS_PREFIX)
+        """Whether the dataset is the user's own (`folder`, `arrays` or `tfds:<name>`)."""
+        return self.dataset in ("folder", "arrays") or self.dataset.startswith(TFDS_PREFIX)
 
     @property
     def inner_optimizer(self) -> str:
@@ -214,7 +215,7 @@ class Recipe(_Value):
             for name in OWN_DATA_FIELDS:
                 if getattr(self, name) != getattr(defaults, name):
                     raise ValueError(
-                        f"`{name}` applies to your own data only (dataset folder or "
+                        f"`{name}` applies to your own data only (dataset folder, arrays or "
                         f"{TFDS_PREFIX}<name>). Received: {name}={getattr(self, name)!r}, "
                         f"dataset={self.dataset!r}"
                     )

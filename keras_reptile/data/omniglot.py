@@ -163,7 +163,8 @@ def _index_local_files(root: pathlib.Path, stack: contextlib.ExitStack) -> _File
             "No Omniglot images found. Looked for images_background.zip and "
             "images_evaluation.zip, the extracted folders images_background/ and "
             "images_evaluation/, or alphabet folders <Alphabet>/characterNN/*.png. "
-            f"Found: {found[:10]}{' ...' if len(found) > 10 else ''}. Received: data_dir={root}"
+            f"Found: {found[:10]}{' ...' if len(found) > 10 else ''}. A folder of your own "
+            f"class folders is read with --dataset=folder. Received: data_dir={root}"
         )
     return index
 

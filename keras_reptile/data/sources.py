@@ -36,6 +36,12 @@ def load_tasks(
         )
     if recipe.dataset == "sine":
         return SineTasks(), SineTasks()
+    if recipe.dataset == "arrays":
+        raise ValueError(
+            "dataset='arrays' is read in Python: pass the task sources to run(..., tasks=(train, "
+            "test)), for example ClassificationTasks of keras_reptile.data.arrays(images, "
+            "labels). Received: dataset='arrays'"
+        )
     if recipe.is_own_data:
         splits = _own_data(recipe, protocol, data_dir)
     elif recipe.dataset == "omniglot":
@@ -58,12 +64,18 @@ def load_tasks(
     else:
         raise ValueError(f"Unknown dataset. Received: dataset={recipe.dataset!r}")
     train, test = ClassificationTasks(splits.train), ClassificationTasks(splits.test)
+    check_tasks(recipe, protocol, train, test)
+    return train, test
+
+
+def check_tasks(recipe: Recipe, protocol: Protocol | None, train, test) -> None:
+    """Raises `ValueError` if the recipe's meta-training tasks or the protocol's test tasks (and
+    its train-class tasks, if scored) cannot be drawn from `train` and `test`."""
     train.check(recipe.classes, recipe.train_shots)
     if protocol is not None:
         test.check(recipe.classes, protocol.shots + 1)  # one query per class is held out
         if protocol.eval_train_classes:
             train.check(recipe.classes, protocol.shots + 1)
-    return train, test
 
 
 def _own_data(recipe: Recipe, protocol: Protocol | None, data_dir: str | None):
