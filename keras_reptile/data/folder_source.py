@@ -76,7 +76,7 @@ def image_folder(
     >>> splits.train.images.shape  # doctest: +SKIP
     (40, 12, 32, 32, 3)
     """
-    root = pathlib.Path(path).resolve()
+    root = pathlib.Path(path).expanduser().resolve()
     if not root.is_dir():
         raise ValueError(f"The image folder does not exist. Received: path={path}")
     shape = (image_size, image_size, channels)

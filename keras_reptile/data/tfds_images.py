@@ -71,7 +71,7 @@ def tfds_dataset(
             "tensorflow-datasets reads from a local data_dir here (nothing is downloaded). "
             f"Received: data_dir={data_dir!r}"
         )
-    builder = _prepared_builder(name, os.fspath(data_dir))
+    builder = _prepared_builder(name, os.path.expanduser(os.fspath(data_dir)))
     features = builder.info.features
     for key in (image_key, label_key):
         if key not in features:
