@@ -46,8 +46,9 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "data_dir",
     os.environ.get("KERAS_REPTILE_DATA_DIR"),
-    "Dataset folder (Omniglot: the two official zips). Env: KERAS_REPTILE_DATA_DIR. "
-    "Default for an existing run: where it read its data.",
+    "Dataset folder (Omniglot: the two official zips; --dataset=folder: class sub-folders of "
+    "images; --dataset=tfds:NAME: tensorflow-datasets' data directory). "
+    "Env: KERAS_REPTILE_DATA_DIR. Default for an existing run: where it read its data.",
 )
 flags.DEFINE_enum("data_source", "local", DATA_SOURCES, "local files or tensorflow-datasets.")
 flags.DEFINE_string("tfds_manual_dir", None, "tensorflow-datasets manual_dir (--data_source=tfds).")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from keras_reptile.data.base import EpisodicSplits
-from keras_reptile.data.class_split import images_per_class, split_classes
+from keras_reptile.data.class_split import common_image_count, split_classes
 
 
 def arrays(
@@ -74,7 +74,7 @@ def arrays(
     else:
         names = [str(k) for k in keys]
     members = [np.flatnonzero(labels == k) for k in keys]
-    count = images_per_class(
+    count = common_image_count(
         {n: len(m) for n, m in zip(names, members)}, min_images, f"labels of {len(images)} images"
     )
     grouped = np.stack([images[m[:count]] for m in members])

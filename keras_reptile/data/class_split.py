@@ -19,7 +19,7 @@ ROTATIONS = (0, 90, 180, 270)
 _SHOWN = 5  # Classes named in an error message.
 
 
-def images_per_class(counts: Mapping[str, int], min_images: int, where: str) -> int:
+def common_image_count(counts: Mapping[str, int], min_images: int, where: str) -> int:
     """The image count every class is trimmed to: the smallest class's.
 
     Args:

@@ -26,7 +26,7 @@ import numpy as np
 
 from keras_reptile.data.array_cache import cached_array, default_cache_dir, file_stamp
 from keras_reptile.data.base import EpisodicSplits
-from keras_reptile.data.class_split import images_per_class, split_classes
+from keras_reptile.data.class_split import common_image_count, split_classes
 from keras_reptile.data.preprocessing import open_image, pixel_scale, stored_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -90,7 +90,7 @@ def image_folder(
             )
         test_classes = listed_test
     names = sorted(files)
-    count = images_per_class({n: len(files[n]) for n in names}, min_images, f"path={root}")
+    count = common_image_count({n: len(files[n]) for n in names}, min_images, f"path={root}")
     paths = [files[n][:count] for n in names]
 
     def decode(out: np.ndarray) -> None:
