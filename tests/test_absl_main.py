@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from keras_reptile.export.model_card import ModelCard
 from keras_reptile.run import recorded_results
-from tests.conftest import REPO_ROOT
+from tests.conftest import OMNIGLOT_DIR, REPO_ROOT, needs_omniglot
 from tests.export.helpers import LoadedWithDefaults
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO_ROOT))
@@ -122,6 +122,17 @@ def test_dataset_folder_trains_resumes_evaluates_and_exports_like_any_run(tmp_pa
     # Another split of the same folder is another run: refused in this run folder.
     other = main(*flags[:-2], "--test_fraction=0.5", "--meta_iters=4", "--mode=train")
     assert other.returncode == 2 and "Received: test_fraction=0.5" in other.stderr
+
+
+@needs_omniglot
+def test_tfds_omniglot_from_the_projects_zips_says_what_to_do_instead(tmp_path):
+    result = run_main(
+        "--preset=omniglot_5w1s", "--data_source=tfds", f"--tfds_manual_dir={OMNIGLOT_DIR}",
+        "--data_dir=tfds", cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "use the default reader (--data_source=local" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
 
 
 def latest_step(model_dir) -> int:

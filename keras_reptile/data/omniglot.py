@@ -228,9 +228,10 @@ def _read_tfds(data_dir: str, manual_dir: str | None) -> tuple[list[str], np.nda
             raise ValueError(
                 f"tensorflow-datasets prepares Omniglot from the four official zips "
                 f"({', '.join(TFDS_ZIPS)}) and would download the missing {missing}; nothing "
-                "is downloaded at run time. For the two zips images_background.zip and "
-                "images_evaluation.zip use the default reader (--data_source=local "
-                f"--data_dir=DIR). Received: {where}"
+                "is downloaded at run time (and tfds checks the zips' checksums: re-packed copies "
+                "such as the two this project reads do not match). For the two zips "
+                "images_background.zip and images_evaluation.zip use the default reader "
+                f"(--data_source=local --data_dir=DIR). Received: {where}"
             )
         config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
         try:
