@@ -121,6 +121,12 @@ def resolve() -> tuple[Recipe, Protocol, str, str]:
         protocol, name = info.protocol, info.name
     else:
         own = FLAGS.dataset == "folder" or (FLAGS.dataset or "").startswith(TFDS_PREFIX)
+        if FLAGS.dataset in ("omniglot", "miniimagenet") and not FLAGS.preset:
+            raise ValueError(
+                f"The paper's datasets start from their presets: pass --preset "
+                f"({', '.join(p for p in sorted(PRESETS) if p.startswith(FLAGS.dataset))}). "
+                f"Received: dataset={FLAGS.dataset!r}"
+            )
         preset = get_preset(FLAGS.preset or ("own_images" if own else "sine"))
         recipe, protocol, name = preset.recipe, preset.protocol, preset.model_name
         if own or (FLAGS.dataset and FLAGS.dataset != recipe.dataset):
