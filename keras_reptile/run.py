@@ -85,10 +85,12 @@ def run(
             (with `dataset="arrays"`); checked to be large enough as read data is.
 
     Example:
-    >>> splits = keras_reptile.data.arrays(images, labels)  # doctest: +SKIP
-    >>> run(recipe.replace(dataset="arrays"), protocol, name="digits", model_dir="runs/digits",
-    ...     tasks=(ClassificationTasks(splits.train), ClassificationTasks(splits.test)))
-    ... # doctest: +SKIP
+    >>> from keras_reptile.data import arrays
+    >>> from keras_reptile.data.tasks import ClassificationTasks
+    >>> splits = arrays(np.zeros([40, 8, 8], np.uint8), np.arange(40) % 8)
+    >>> train, test = ClassificationTasks(splits.train), ClassificationTasks(splits.test)
+    >>> run(recipe.replace(dataset="arrays"), protocol, name="digits",  # doctest: +SKIP
+    ...     model_dir="runs/digits", tasks=(train, test))
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode. Expected one of {MODES}. Received: mode={mode!r}")
