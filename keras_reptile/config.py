@@ -15,7 +15,6 @@ TFDS_PREFIX = "tfds:"
 OWN_DATA_FIELDS = ("image_size", "channels", "test_fraction", "test_classes", "rotations")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored")
 INNER_ADAM_MODES = ("parallel", "sequential")
-REGRESSION_MODEL = "sine_mlp"  # The one network of the regression dataset (sine).
 
 
 def _check_at_least(obj, names, low: int) -> None:
@@ -208,12 +207,6 @@ class Recipe(_Value):
             )
         if self.is_regression and self.classes != 1:
             raise ValueError(f"Regression tasks have one output. Received: classes={self.classes}")
-        if (self.model == REGRESSION_MODEL) != self.is_regression:
-            raise ValueError(
-                f"`{REGRESSION_MODEL}` is the sine regression network, and sine needs it; image "
-                "datasets take a convolutional model (omniglot_cnn, miniimagenet_cnn). "
-                f"Received: model={self.model!r}, dataset={self.dataset!r}"
-            )
         return self
 
     def _validate_own_data(self) -> None:
