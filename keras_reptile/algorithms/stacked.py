@@ -186,6 +186,9 @@ class StackedModel:
     def __init__(self, model: keras.Model, regression: bool):
         check_supported(model)
         self.model, self.regression = model, regression
+        self._initial = [
+            tf.constant(keras.ops.convert_to_numpy(v)) for v in model.trainable_variables
+        ]
         self.uses_batch_statistics = any(
             isinstance(la, keras.layers.BatchNormalization) for la in model.layers
         )
@@ -219,8 +222,10 @@ class StackedModel:
         return [tuple(v.shape) for v in self.model.trainable_variables]
 
     def initial_weights(self) -> list[tf.Tensor]:
-        """The model's trainable weights (no task axis), as tensors."""
-        return [tf.constant(keras.ops.convert_to_numpy(v)) for v in self.model.trainable_variables]
+        """The model's trainable weights (no task axis) as they were when it was wrapped; later
+        assignments to the Keras model (a trainer showing it the current initialization) do
+        not change them."""
+        return list(self._initial)
 
     def __call__(self, weights: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
         """Outputs `[T, batch, outputs]` of each task's network on its own batch.

@@ -22,7 +22,11 @@ OMNI_RECIPE = Recipe(
     learning_rate=0.001,
 )  # fmt: skip
 SINE_RECIPE = Recipe()
-SHAPES = {"omniglot": (28, 28, 1), "sine": (1,)}
+MINI_RECIPE = Recipe(
+    dataset="miniimagenet", model="miniimagenet_cnn", classes=5, train_shots=15, sgd=False,
+    learning_rate=0.001,
+)  # fmt: skip
+SHAPES = {"omniglot": (28, 28, 1), "sine": (1,), "miniimagenet": (84, 84, 3)}
 
 
 def saved_model_ops(path) -> set[str]:
