@@ -2,7 +2,7 @@
 
 PNG images are prepared exactly as training images are, by
 `keras_reptile.data.preprocessing.load_image`: Omniglot-shaped models (28x28x1) get 0/1 bits (1
-for the background), RGB models the Mini-ImageNet reader's bilinear resize scaled to [0, 1].
+for the background), RGB and other gray models the readers' bilinear resize scaled to [0, 1].
 `.npz` files hold arrays named after the signature's inputs. Every call carries a deadline.
 `Client.model_card` (and `--show_card`) reads a version's model card, an extension of this server
 that tensorflow_model_server does not have.
