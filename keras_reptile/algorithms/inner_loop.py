@@ -193,6 +193,11 @@ def adapt_from(
     )
 
 
+# The non-transductive query pass runs its (task, query) networks in chunks of at most this many
+# activation values (float32), so its memory stays bounded however many queries a task has.
+QUERY_PASS_CHUNK_FLOATS = 2**25
+
+
 def predict_tasks(
     model: StackedModel, weights, support_x, query_x, transductive: bool
 ) -> tf.Tensor:
@@ -200,16 +205,42 @@ def predict_tasks(
 
     Transductive: all of a task's queries in one batch. Otherwise, as the paper: every (task,
     query) pair becomes a network of its own, run on the task's support set plus that one query,
-    so BatchNorm's statistics never see another query. `support_x` is only read then (it may be
-    None otherwise).
+    so BatchNorm's statistics never see another query; the pairs run a chunk at a time
+    (`query_pass_chunk`), so memory grows with the chunk, not with support x queries. `support_x`
+    is only read then (it may be None otherwise).
     """
     query_x = tf.convert_to_tensor(query_x)
     if transductive or not model.uses_batch_statistics:
         return model(weights, query_x)
     support_x = tf.convert_to_tensor(support_x)
     num_tasks, num_queries = tf.shape(query_x)[0], tf.shape(query_x)[1]
-    pair_weights = [tf.repeat(w, num_queries, axis=0) for w in weights]
-    support = tf.repeat(support_x, num_queries, axis=0)  # [T*Q, S, ...]
+    num_pairs = num_tasks * num_queries
+    pair_task = tf.repeat(tf.range(num_tasks), num_queries)  # the task of each pair
     queries = tf.reshape(query_x, [-1, 1, *query_x.shape[2:]])  # [T*Q, 1, ...]
-    outputs = model(pair_weights, tf.concat([support, queries], axis=1))[:, -1]
-    return tf.reshape(outputs, [num_tasks, num_queries, -1])
+    chunk = query_pass_chunk(model, tf.shape(support_x)[1])
+
+    def pairs(start):
+        # Always `chunk` networks (the last chunk repeats the last pair), the valid ones kept:
+        # a grouped convolution of one group takes another kernel, which rounds differently.
+        index = tf.minimum(tf.range(start, start + chunk), num_pairs - 1)
+        task = tf.gather(pair_task, index)
+        x = tf.concat([tf.gather(support_x, task), tf.gather(queries, index)], axis=1)
+        outputs = model([tf.gather(w, task) for w in weights], x)[:, -1]
+        return outputs[: tf.minimum(chunk, num_pairs - start)]
+
+    num_chunks = (num_pairs + chunk - 1) // chunk
+    parts = tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False)
+    _, parts = tf.while_loop(
+        lambda i, _: i < num_chunks,
+        lambda i, parts: (i + 1, parts.write(i, pairs(i * chunk))),
+        (tf.constant(0), parts),
+    )
+    return tf.reshape(parts.concat(), [num_tasks, num_queries, -1])
+
+
+def query_pass_chunk(model: StackedModel, support_size) -> tf.Tensor:
+    """(task, query) networks per chunk of the non-transductive query pass: as many as fit in
+    `QUERY_PASS_CHUNK_FLOATS` activation values, at least two."""
+    per_network = model.cost.activation_floats * (tf.cast(support_size, tf.int64) + 1)
+    return tf.cast(tf.maximum(tf.constant(2, tf.int64), QUERY_PASS_CHUNK_FLOATS // per_network),
+                   tf.int32)  # fmt: skip

@@ -14,10 +14,13 @@ the `StackedModel` is built.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
 import tensorflow as tf
+
+from keras_reptile.models.cost import ModelCost
 
 # Element-wise activations, computed by Keras's own functions (so exactly as the Keras model).
 _ELEMENTWISE = (
@@ -222,6 +225,11 @@ class StackedModel:
     @property
     def weight_shapes(self) -> list[tuple[int, ...]]:
         return [tuple(v.shape) for v in self.model.trainable_variables]
+
+    @functools.cached_property
+    def cost(self) -> ModelCost:
+        """Per-example forward FLOPs, activation values and weights."""
+        return ModelCost.of(self.model)
 
     @property
     def num_weights(self) -> int:
