@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from keras_reptile import protocol_rules
+
 # `arrays`: images handed to `run(..., tasks=...)` in Python (`keras_reptile.data.arrays`).
 DATASETS = ("omniglot", "miniimagenet", "sine", "folder", "arrays")
 # `tfds:<name>` names a tensorflow-datasets image classification dataset (your own data).
@@ -298,12 +300,14 @@ class Protocol(_Value):
         return (self.eval_iters, self.eval_batch, self.learning_rate)
 
     def validate(self, recipe: Recipe | None = None) -> Protocol:
-        _check_at_least(self, ("shots", "eval_batch", "eval_samples", "eval_queries"), 1)
-        _check_at_least(self, ("eval_iters",), 0)
-        if self.learning_rate <= 0:
-            raise ValueError(
-                f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate}"
-            )
+        _check_at_least(self, ("shots", "eval_samples", "eval_queries"), 1)
+        for rule in protocol_rules.RULES:  # the adaptation settings' rules, as served
+            value = getattr(self, rule.field)
+            if not rule.holds(value):
+                raise ValueError(
+                    f"`{rule.field}` (the signatures' `{rule.key}`) must be {rule.expected}. "
+                    f"Received: {rule.field}={value!r}"
+                )
         if recipe is not None and recipe.is_regression and self.transductive:
             raise ValueError(
                 "`transductive` applies to classification only. Received: transductive=True"

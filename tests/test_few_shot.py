@@ -103,8 +103,14 @@ def test_regression(tmp_path):
             r"support_x.shape=\(5, 28, 28\)",
         ),
         ({"support_y": np.arange(4)}, "same number"),
-        ({"learning_rate": -1.0}, "`learning_rate` must be > 0"),
-        ({"inner_batch_size": 0}, "`eval_batch` must be >= 1"),
+        (
+            {"learning_rate": -1.0},
+            "`learning_rate` .the signatures. `learning_rate`. must be a finite number > 0",
+        ),
+        (
+            {"inner_batch_size": 0},
+            "`eval_batch` .the signatures. `inner_batch_size`. must be an integer >= 1",
+        ),
     ],
 )
 def test_bad_input_is_refused_with_what_was_expected(omniglot_5w, change, message):

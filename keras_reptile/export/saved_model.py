@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from keras_reptile import __version__
+from keras_reptile import __version__, protocol_rules
 from keras_reptile.algorithms import (
     AdamState,
     InnerOptimizer,
@@ -228,18 +228,9 @@ class ServingModule(tf.Module):
                     message=f"{sig.ADAPTED_WEIGHTS} and query task counts differ",
                 ),
             ]
-        if sig.INNER_STEPS in inputs:
-            checks += [
-                tf.debugging.assert_non_negative(
-                    inputs[sig.INNER_STEPS], message="inner_steps must be >= 0"
-                ),
-                tf.debugging.assert_positive(
-                    inputs[sig.INNER_BATCH_SIZE], message="inner_batch_size must be >= 1"
-                ),
-                tf.debugging.assert_all_finite(
-                    inputs[sig.LEARNING_RATE], message="learning_rate must be finite"
-                ),
-            ]
+        for rule in protocol_rules.RULES:  # the rules the server and a recipe's protocol apply
+            if rule.key in inputs:
+                checks += rule.graph_check(inputs[rule.key])
         if targets is not None and not self._model.regression:
             checks += [
                 tf.debugging.assert_non_negative(targets, message="labels must be >= 0"),
