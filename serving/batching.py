@@ -149,8 +149,8 @@ class BatchingParameters:
 class _Item:
     """One request's task, waiting for its answer."""
 
-    def __init__(self, arrays: Mapping[str, np.ndarray]):
-        self.arrays = arrays
+    def __init__(self, arrays: Mapping[str, np.ndarray], deadline: float | None):
+        self.arrays, self.deadline = arrays, deadline
         self.done = threading.Event()
         self.outputs: dict[str, np.ndarray] | None = None
         self.error: ServingError | None = None
@@ -207,7 +207,7 @@ class TaskBatcher:
         cancellation: Cancellation | None = None,
     ) -> dict[str, np.ndarray]:
         """Queues one task (checked `adapt_and_predict` inputs) and waits for its answer."""
-        item = _Item(arrays)
+        item = _Item(arrays, deadline)
         key = batch_key(servable, arrays)
         with self._cond:
             if self._stopped:
@@ -270,17 +270,24 @@ class TaskBatcher:
                 self._run(batch.servable, items)
 
     def _run(self, servable, items: list[_Item]) -> None:
+        # The batch runs until its last request's deadline; the others are answered at theirs.
+        deadlines = [item.deadline for item in items]
+        deadline = None if None in deadlines else max(deadlines)
         try:
             if len(items) == 1:  # nothing to stack: the one-task signature, without a task loop
                 answers = [
-                    servable.run(sig.ADAPT_AND_PREDICT, items[0].arrays, check_outputs=False)
+                    servable.run(
+                        sig.ADAPT_AND_PREDICT, items[0].arrays, deadline, check_outputs=False
+                    )
                 ]
             else:
                 stacked = {
                     k: v if k in sig.OPTIONAL_SCALARS else np.stack([it.arrays[k] for it in items])
                     for k, v in items[0].arrays.items()
                 }
-                outputs = servable.run(sig.ADAPT_AND_PREDICT_TASKS, stacked, check_outputs=False)
+                outputs = servable.run(
+                    sig.ADAPT_AND_PREDICT_TASKS, stacked, deadline, check_outputs=False
+                )
                 answers = [{k: v[t] for k, v in outputs.items()} for t in range(len(items))]
             for item, answer in zip(items, answers):
                 item.outputs = answer

@@ -304,6 +304,7 @@ class ModelManager:
     def _unload(self, servable: Servable) -> None:
         self._set_status(servable.name, servable.version, State.UNLOADING)
         servable.retire()
+        servable.close()
         self._set_status(servable.name, servable.version, State.END)
         logging.info("Unloaded version %d of model %s", servable.version, servable.name)
 

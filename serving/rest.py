@@ -199,16 +199,8 @@ class _Handler(BaseHTTPRequestHandler):
         check_deadline(deadline, "the request")
         signature_name = json_codec.signature_name_of(body)
         verb = verb.lower()
-        cancellation = Cancellation()
-        timer = cancellation.cancel_after(
-            deadline - time.monotonic(),
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            "the REST timeout (--rest_api_timeout_in_ms) passed",
-        )
-        try:
-            return self._run(verb, target, signature_name, body, deadline, cancellation)
-        finally:
-            timer.cancel()
+        cancellation = Cancellation("the REST timeout (--rest_api_timeout_in_ms) passed")
+        return self._run(verb, target, signature_name, body, deadline, cancellation)
 
     def _run(self, verb, target, signature_name, body, deadline, cancellation) -> dict:
         service = self.server.service

@@ -67,6 +67,18 @@ def check_deadline(deadline: float | None, what: str) -> None:
         )
 
 
+def check_cancelled(cancellation: Cancellation | None, what: str) -> None:
+    """Raises the cancellation's status if the request was cancelled before `what` ran."""
+    if cancellation is not None and cancellation.code is not None:
+        raise ServingError(
+            cancellation.code, f"Stopped before {what} could run: {cancellation.reason}."
+        )
+
+
+def _deadline_reason(cancellation: Cancellation | None) -> str:
+    return cancellation.deadline_reason if cancellation is not None else "the deadline passed"
+
+
 def _check_output_filter(spec: sig.SignatureSpec, output_filter: Sequence[str]) -> None:
     seen = set()
     for alias in output_filter:
@@ -117,7 +129,10 @@ class Service:
             ):
                 outputs = self.batcher.submit(servable, arrays, deadline, cancellation)
             else:
-                outputs = servable.run(signature_name, arrays, cancellation)
+                check_cancelled(cancellation, "the prediction")
+                outputs = servable.run(
+                    signature_name, arrays, deadline, deadline_reason=_deadline_reason(cancellation)
+                )
         if output_filter:
             outputs = {k: outputs[k] for k in output_filter}
         return Result(servable.name, servable.version, signature_name, outputs)
@@ -149,7 +164,10 @@ class Service:
             arrays = validation.check_arrays(spec, {sig.IMAGES: images}, self.limits)
             arrays = servable.prepare(signature_name, arrays, self.limits)
             check_deadline(deadline, "the classification")
-            outputs = servable.run(signature_name, arrays, cancellation)
+            check_cancelled(cancellation, "the classification")
+            outputs = servable.run(
+                signature_name, arrays, deadline, deadline_reason=_deadline_reason(cancellation)
+            )
         probabilities = outputs[sig.PROBABILITIES]
         return Result(servable.name, servable.version, signature_name, {"scores": probabilities})
 
