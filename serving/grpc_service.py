@@ -27,7 +27,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import validation
-from serving.cancellation import Cancellation
+from serving.cancellation import Cancellation, Timeouts
 from serving.errors import ServingError, invalid
 from serving.service import MODEL_CARD, SIGNATURE_DEF, Service, Target, check_deadline
 
@@ -61,16 +61,16 @@ def _target(request) -> Target:
     return Target(spec.name)
 
 
-def _deadline(context: grpc.ServicerContext) -> tuple[float | None, Cancellation]:
-    """The request's deadline, and a Cancellation fired when the RPC ends early."""
-    remaining = context.time_remaining()
-    deadline = None if remaining is None else time.monotonic() + remaining
+def _deadline(context: grpc.ServicerContext, timeouts: Timeouts) -> tuple[float, Cancellation]:
+    """The request's deadline (the client's, else the server's default, cut to the server's
+    maximum), and a Cancellation fired when the RPC ends early."""
+    deadline, reason = timeouts.grpc(context.time_remaining())
     check_deadline(deadline, "the request")
-    cancellation = Cancellation()
+    cancellation = Cancellation(reason)
 
     def on_rpc_end():
-        if deadline is not None and time.monotonic() >= deadline - 0.01:
-            cancellation.cancel(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed")
+        if time.monotonic() >= deadline - 0.01:
+            cancellation.cancel(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
         else:
             cancellation.cancel(grpc.StatusCode.CANCELLED, "the client cancelled the request")
 
@@ -104,7 +104,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request, context):
         def run():
             target = _target(request)
-            deadline, cancellation = _deadline(context)
+            deadline, cancellation = _deadline(context, self._service.timeouts)
             result = self._service.predict(
                 target,
                 request.model_spec.signature_name,
@@ -128,7 +128,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Classify(self, request, context):
         def run():
             target = _target(request)
-            deadline, cancellation = _deadline(context)
+            deadline, cancellation = _deadline(context, self._service.timeouts)
             kind = request.input.WhichOneof("kind")
             if kind == "example_list":
                 examples, shared = request.input.example_list.examples, {}

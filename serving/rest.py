@@ -15,7 +15,6 @@ import json
 import re
 import socket
 import threading
-import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -57,10 +56,8 @@ class RestServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
 
-    def __init__(
-        self, address: tuple[str, int], service: Service, timeout_ms: int, demo: bool = True
-    ):
-        self.service, self.timeout_ms, self.demo = service, timeout_ms, demo
+    def __init__(self, address: tuple[str, int], service: Service, demo: bool = True):
+        self.service, self.demo = service, demo
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
@@ -193,13 +190,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not match:
             self._malformed()
         name, version, label, verb = match.groups()
-        deadline = time.monotonic() + self.server.timeout_ms / 1000.0
+        deadline, reason = self.server.service.timeouts.rest()
         target = _target(name, version, label)
         body = self._read_json()
         check_deadline(deadline, "the request")
         signature_name = json_codec.signature_name_of(body)
         verb = verb.lower()
-        cancellation = Cancellation("the REST timeout (--rest_api_timeout_in_ms) passed")
+        cancellation = Cancellation(reason)
         return self._run(verb, target, signature_name, body, deadline, cancellation)
 
     def _run(self, verb, target, signature_name, body, deadline, cancellation) -> dict:
@@ -224,11 +221,9 @@ class _Handler(BaseHTTPRequestHandler):
         return json_codec.encode_predict(result.outputs, row_format[0])
 
 
-def build_server(
-    service: Service, host: str, port: int, timeout_ms: int, demo: bool = True
-) -> RestServer:
+def build_server(service: Service, host: str, port: int, demo: bool = True) -> RestServer:
     """A REST server bound to `host:port`, serving in a background thread (and the browser demo
-    at `/demo/` if `demo`)."""
-    server = RestServer((host, port), service, timeout_ms, demo)
+    at `/demo/` if `demo`). Requests get the deadline of `service.timeouts.rest()`."""
+    server = RestServer((host, port), service, demo)
     server.serve_in_thread()
     return server

@@ -21,6 +21,7 @@ from absl import app, flags, logging
 from keras_reptile.training.strategy import set_threads
 from serving import grpc_service, model_config, rest
 from serving.batching import BatchingParameters, TaskBatcher
+from serving.cancellation import Timeouts
 from serving.errors import ServingError
 from serving.model_manager import ModelManager
 from serving.service import Service
@@ -32,6 +33,15 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("port", 8500, "Port to listen on for gRPC.")
 flags.DEFINE_integer("rest_api_port", 8501, "Port to listen on for the REST API; 0 turns it off.")
 flags.DEFINE_integer("rest_api_timeout_in_ms", 30000, "Timeout of a REST request, in ms.")
+flags.DEFINE_integer(
+    "request_timeout_in_ms", 30000, "Deadline of a gRPC request that sets none, in ms."
+)
+flags.DEFINE_integer(
+    "max_request_timeout_in_ms",
+    60000,
+    "Longest any request may run, in ms: later gRPC deadlines and a longer REST timeout are cut "
+    "to it. The work of a request stops when its deadline passes.",
+)
 flags.DEFINE_string("model_name", "default", "Name of the model (with --model_base_path).")
 flags.DEFINE_string("model_base_path", "", "Folder of the model's integer version folders.")
 flags.DEFINE_string(
@@ -87,7 +97,16 @@ def _check_flags() -> None:
             raise app.UsageError(
                 f"--{name} must be in [{low}, 65535]. Received: {FLAGS[name].value}"
             )
-    for name in ("max_support", "max_queries", "max_tasks", "max_message_bytes", "grpc_workers"):
+    for name in (
+        "max_support",
+        "max_queries",
+        "max_tasks",
+        "max_message_bytes",
+        "grpc_workers",
+        "rest_api_timeout_in_ms",
+        "request_timeout_in_ms",
+        "max_request_timeout_in_ms",
+    ):
         if FLAGS[name].value < 1:
             raise app.UsageError(f"--{name} must be >= 1. Received: {FLAGS[name].value}")
     for name in (
@@ -150,20 +169,17 @@ def main(argv: list[str]) -> None:
         manager.start()
     except (ValueError, ServingError) as e:
         sys.exit(f"serving.server: {getattr(e, 'message', e)}")
-    service = Service(manager, limits, batcher)
+    timeouts = Timeouts(
+        FLAGS.request_timeout_in_ms, FLAGS.max_request_timeout_in_ms, FLAGS.rest_api_timeout_in_ms
+    )
+    service = Service(manager, limits, batcher, timeouts=timeouts)
     try:
         grpc_server, port, health = grpc_service.build_server(
             service, FLAGS.host, FLAGS.port, FLAGS.grpc_workers, FLAGS.max_message_bytes
         )
         rest_server = None
         if FLAGS.rest_api_port:
-            rest_server = rest.build_server(
-                service,
-                FLAGS.host,
-                FLAGS.rest_api_port,
-                FLAGS.rest_api_timeout_in_ms,
-                FLAGS.demo,
-            )
+            rest_server = rest.build_server(service, FLAGS.host, FLAGS.rest_api_port, FLAGS.demo)
     except OSError as e:
         manager.stop()
         sys.exit(f"serving.server: {e}")

@@ -19,7 +19,7 @@ from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
 from serving import validation
 from serving.batching import TaskBatcher
-from serving.cancellation import Cancellation
+from serving.cancellation import Cancellation, Timeouts
 from serving.errors import ServingError, invalid, not_found
 from serving.model_config import ModelServerConfig
 from serving.model_manager import ModelManager, VersionStatus
@@ -96,6 +96,7 @@ class Service:
     """Predict, Classify, metadata and status over a `ModelManager`.
 
     With a `TaskBatcher`, `adapt_and_predict` requests run batched as multi-task adaptations.
+    `timeouts` are the deadlines both front ends give requests.
     """
 
     def __init__(
@@ -103,8 +104,11 @@ class Service:
         manager: ModelManager,
         limits: validation.Limits,
         batcher: TaskBatcher | None = None,
+        *,
+        timeouts: Timeouts | None = None,
     ):
         self.manager, self.limits, self.batcher = manager, limits, batcher
+        self.timeouts = timeouts if timeouts is not None else Timeouts()
 
     def predict(
         self,

@@ -1,0 +1,51 @@
+"""The server's parts assembled in the test process, on free loopback ports (no subprocess).
+
+`serving.server.main` assembles the same parts from its flags; these tests give them directly, so
+one loaded model serves several configurations (deadlines, queues, metrics) cheaply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+
+from serving import grpc_service, model_config, rest
+from serving.model_manager import ModelManager
+from serving.service import Service
+from serving.validation import Limits
+from tests.serving.helpers import Stubs, stubs
+
+
+def manager(name: str, base_path: str, limits: Limits) -> ModelManager:
+    """A started manager serving `base_path`'s versions as `name` (no polling)."""
+    config = model_config.config_from_flags(name, str(base_path))
+    result = ModelManager(model_config.sources_from_config(config), limits, poll_seconds=0)
+    result.start()
+    return result
+
+
+@dataclasses.dataclass
+class Running:
+    service: Service
+    grpc_target: str
+    rest_url: str
+    api: Stubs
+
+
+@contextlib.contextmanager
+def serve(service: Service, **rest_options) -> Iterator[Running]:
+    """`service` over gRPC and REST until the block ends."""
+    grpc_server, port, _ = grpc_service.build_server(
+        service, "127.0.0.1", 0, 8, service.limits.max_message_bytes
+    )
+    rest_server = rest.build_server(service, "127.0.0.1", 0, **rest_options)
+    target = f"127.0.0.1:{port}"
+    api = stubs(target)
+    try:
+        yield Running(service, target, f"http://127.0.0.1:{rest_server.server_address[1]}", api)
+    finally:
+        api.channel.close()
+        grpc_server.stop(0)
+        rest_server.shutdown()
+        rest_server.server_close()
