@@ -15,6 +15,7 @@ one whose batch is already running gets its status at once while the others' ans
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import threading
 import time
@@ -31,10 +32,9 @@ from google.protobuf import (
 )
 
 from keras_reptile.export import signatures as sig
+from serving.admission import Admission
 from serving.cancellation import Cancellation
-from serving.errors import ServingError
-
-QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
+from serving.errors import QUEUE_FULL, ServingError
 
 
 def _batching_parameters_message():
@@ -174,10 +174,12 @@ class TaskBatcher:
 
     Args:
         params: BatchingParameters.
+        admission: Admission or None. Each batch takes one of its computation slots to run
+            (waiting for it without being refused: its requests are queued here already).
     """
 
-    def __init__(self, params: BatchingParameters):
-        self.params = params
+    def __init__(self, params: BatchingParameters, admission: Admission | None = None):
+        self.params, self.admission = params, admission
         self._cond = threading.Condition()
         self._forming: dict[tuple, _Batch] = {}
         self._ready: collections.deque[_Batch] = collections.deque()
@@ -269,26 +271,30 @@ class TaskBatcher:
             if items:
                 self._run(batch.servable, items)
 
+    @staticmethod
+    def _answers(servable, items: list[_Item], deadline: float | None) -> list[dict]:
+        if len(items) == 1:  # nothing to stack: the one-task signature, without a task loop
+            arrays = items[0].arrays
+            return [servable.run(sig.ADAPT_AND_PREDICT, arrays, deadline, check_outputs=False)]
+        stacked = {
+            k: v if k in sig.OPTIONAL_SCALARS else np.stack([it.arrays[k] for it in items])
+            for k, v in items[0].arrays.items()
+        }
+        outputs = servable.run(sig.ADAPT_AND_PREDICT_TASKS, stacked, deadline, check_outputs=False)
+        return [{k: v[t] for k, v in outputs.items()} for t in range(len(items))]
+
     def _run(self, servable, items: list[_Item]) -> None:
         # The batch runs until its last request's deadline; the others are answered at theirs.
         deadlines = [item.deadline for item in items]
         deadline = None if None in deadlines else max(deadlines)
+        slot = (
+            self.admission.slot(deadline, bounded=False)
+            if self.admission is not None
+            else contextlib.nullcontext()
+        )
         try:
-            if len(items) == 1:  # nothing to stack: the one-task signature, without a task loop
-                answers = [
-                    servable.run(
-                        sig.ADAPT_AND_PREDICT, items[0].arrays, deadline, check_outputs=False
-                    )
-                ]
-            else:
-                stacked = {
-                    k: v if k in sig.OPTIONAL_SCALARS else np.stack([it.arrays[k] for it in items])
-                    for k, v in items[0].arrays.items()
-                }
-                outputs = servable.run(
-                    sig.ADAPT_AND_PREDICT_TASKS, stacked, deadline, check_outputs=False
-                )
-                answers = [{k: v[t] for k, v in outputs.items()} for t in range(len(items))]
+            with slot:
+                answers = self._answers(servable, items, deadline)
             for item, answer in zip(items, answers):
                 item.outputs = answer
                 try:  # one task's non-finite answer fails that request only

@@ -20,6 +20,7 @@ from absl import app, flags, logging
 
 from keras_reptile.training.strategy import set_threads
 from serving import grpc_service, model_config, rest
+from serving.admission import Admission
 from serving.batching import BatchingParameters, TaskBatcher
 from serving.cancellation import Timeouts
 from serving.errors import ServingError
@@ -64,6 +65,16 @@ flags.DEFINE_integer("max_tasks", 64, "Most tasks in one adapt_and_predict_tasks
 flags.DEFINE_integer("max_inner_steps", 1000, "Largest inner_steps a request may ask for.")
 flags.DEFINE_integer("max_message_bytes", 64 * 2**20, "Largest gRPC message or REST body.")
 flags.DEFINE_integer("grpc_workers", 16, "gRPC worker threads (requests run in parallel).")
+flags.DEFINE_integer(
+    "max_concurrent_computations",
+    4,
+    "Signature runs (or task batches) computing at once, over gRPC and REST together.",
+)
+flags.DEFINE_integer(
+    "max_queued_computations",
+    8,
+    "Requests that may wait for a computation slot; past that they are refused (UNAVAILABLE).",
+)
 # TF Serving's names. One thread per kernel: concurrent requests then share the cores instead of
 # each splitting small kernels across them (benchmarks/serving_load.py).
 flags.DEFINE_integer(
@@ -103,6 +114,7 @@ def _check_flags() -> None:
         "max_tasks",
         "max_message_bytes",
         "grpc_workers",
+        "max_concurrent_computations",
         "rest_api_timeout_in_ms",
         "request_timeout_in_ms",
         "max_request_timeout_in_ms",
@@ -110,12 +122,22 @@ def _check_flags() -> None:
         if FLAGS[name].value < 1:
             raise app.UsageError(f"--{name} must be >= 1. Received: {FLAGS[name].value}")
     for name in (
+        "max_queued_computations",
         "max_inner_steps",
         "tensorflow_intra_op_parallelism",
         "tensorflow_inter_op_parallelism",
     ):
         if FLAGS[name].value < 0:
             raise app.UsageError(f"--{name} must be >= 0. Received: {FLAGS[name].value}")
+    computations = FLAGS.max_concurrent_computations + FLAGS.max_queued_computations
+    if FLAGS.grpc_workers <= computations:
+        raise app.UsageError(
+            "--grpc_workers must exceed --max_concurrent_computations + --max_queued_computations, "
+            "so that status and metadata requests always find a thread. Received: "
+            f"grpc_workers={FLAGS.grpc_workers}, "
+            f"max_concurrent_computations={FLAGS.max_concurrent_computations}, "
+            f"max_queued_computations={FLAGS.max_queued_computations}"
+        )
     if FLAGS.batching_parameters_file and not FLAGS.enable_batching:
         raise app.UsageError("--batching_parameters_file needs --enable_batching.")
     if FLAGS["model_name"].present and not (FLAGS.model_base_path or FLAGS.model_config_file):
@@ -155,6 +177,7 @@ def main(argv: list[str]) -> None:
         FLAGS.max_message_bytes,
         FLAGS.max_tasks,
     )
+    admission = Admission(FLAGS.max_concurrent_computations, FLAGS.max_queued_computations)
     try:
         batcher = None
         if FLAGS.enable_batching:
@@ -163,7 +186,7 @@ def main(argv: list[str]) -> None:
                 if FLAGS.batching_parameters_file
                 else BatchingParameters()
             )
-            batcher = TaskBatcher(params)
+            batcher = TaskBatcher(params, admission)
             logging.info("Task batching on: %s", params)
         manager = build_manager(limits)
         manager.start()
@@ -172,7 +195,7 @@ def main(argv: list[str]) -> None:
     timeouts = Timeouts(
         FLAGS.request_timeout_in_ms, FLAGS.max_request_timeout_in_ms, FLAGS.rest_api_timeout_in_ms
     )
-    service = Service(manager, limits, batcher, timeouts=timeouts)
+    service = Service(manager, limits, batcher, timeouts=timeouts, admission=admission)
     try:
         grpc_server, port, health = grpc_service.build_server(
             service, FLAGS.host, FLAGS.port, FLAGS.grpc_workers, FLAGS.max_message_bytes

@@ -8,6 +8,7 @@ is TF Serving's `signature_def` plus this server's `model_card` (the version's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ import numpy as np
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
 from serving import validation
+from serving.admission import Admission
 from serving.batching import TaskBatcher
 from serving.cancellation import Cancellation, Timeouts
 from serving.errors import ServingError, invalid, not_found
@@ -96,7 +98,8 @@ class Service:
     """Predict, Classify, metadata and status over a `ModelManager`.
 
     With a `TaskBatcher`, `adapt_and_predict` requests run batched as multi-task adaptations.
-    `timeouts` are the deadlines both front ends give requests.
+    `timeouts` are the deadlines both front ends give requests; `admission` bounds the
+    computations running and waiting (none: no bound).
     """
 
     def __init__(
@@ -106,9 +109,24 @@ class Service:
         batcher: TaskBatcher | None = None,
         *,
         timeouts: Timeouts | None = None,
+        admission: Admission | None = None,
     ):
         self.manager, self.limits, self.batcher = manager, limits, batcher
         self.timeouts = timeouts if timeouts is not None else Timeouts()
+        self.admission = admission
+
+    def _run(self, servable, signature_name, arrays, deadline, cancellation) -> dict:
+        """Runs a prepared request once admitted (a computation slot), unless cancelled first."""
+        slot = (
+            self.admission.slot(deadline, cancellation)
+            if self.admission is not None
+            else contextlib.nullcontext()
+        )
+        with slot:
+            check_cancelled(cancellation, f'signature "{signature_name}"')
+            return servable.run(
+                signature_name, arrays, deadline, deadline_reason=_deadline_reason(cancellation)
+            )
 
     def predict(
         self,
@@ -133,10 +151,7 @@ class Service:
             ):
                 outputs = self.batcher.submit(servable, arrays, deadline, cancellation)
             else:
-                check_cancelled(cancellation, "the prediction")
-                outputs = servable.run(
-                    signature_name, arrays, deadline, deadline_reason=_deadline_reason(cancellation)
-                )
+                outputs = self._run(servable, signature_name, arrays, deadline, cancellation)
         if output_filter:
             outputs = {k: outputs[k] for k in output_filter}
         return Result(servable.name, servable.version, signature_name, outputs)
@@ -168,10 +183,7 @@ class Service:
             arrays = validation.check_arrays(spec, {sig.IMAGES: images}, self.limits)
             arrays = servable.prepare(signature_name, arrays, self.limits)
             check_deadline(deadline, "the classification")
-            check_cancelled(cancellation, "the classification")
-            outputs = servable.run(
-                signature_name, arrays, deadline, deadline_reason=_deadline_reason(cancellation)
-            )
+            outputs = self._run(servable, signature_name, arrays, deadline, cancellation)
         probabilities = outputs[sig.PROBABILITIES]
         return Result(servable.name, servable.version, signature_name, {"scores": probabilities})
 
