@@ -35,6 +35,9 @@ from keras_reptile.export import signatures as sig
 from serving.admission import Admission
 from serving.cancellation import Cancellation
 from serving.errors import QUEUE_FULL, ServingError
+from serving.metrics import PROCESSED_BATCH_SIZE, QUEUING_LATENCY, ServingMetrics
+
+THREAD_POOL_NAME = "task_batching"  # the batching metrics' thread_pool_name label
 
 
 def _batching_parameters_message():
@@ -151,6 +154,7 @@ class _Item:
 
     def __init__(self, arrays: Mapping[str, np.ndarray], deadline: float | None):
         self.arrays, self.deadline = arrays, deadline
+        self.queued = time.monotonic()
         self.done = threading.Event()
         self.outputs: dict[str, np.ndarray] | None = None
         self.error: ServingError | None = None
@@ -176,10 +180,17 @@ class TaskBatcher:
         params: BatchingParameters.
         admission: Admission or None. Each batch takes one of its computation slots to run
             (waiting for it without being refused: its requests are queued here already).
+        metrics: ServingMetrics or None. Records each task's time in the queue and each batch's
+            size, under TF Serving's batching metrics (`thread_pool_name` "task_batching").
     """
 
-    def __init__(self, params: BatchingParameters, admission: Admission | None = None):
-        self.params, self.admission = params, admission
+    def __init__(
+        self,
+        params: BatchingParameters,
+        admission: Admission | None = None,
+        metrics: ServingMetrics | None = None,
+    ):
+        self.params, self.admission, self.metrics = params, admission, metrics
         self._cond = threading.Condition()
         self._forming: dict[tuple, _Batch] = {}
         self._ready: collections.deque[_Batch] = collections.deque()
@@ -269,7 +280,16 @@ class TaskBatcher:
                 items = list(batch.items)
                 batch.items.clear()  # running: nobody leaves it any more
             if items:
+                self._record(batch.servable, items)
                 self._run(batch.servable, items)
+
+    def _record(self, servable, items: list[_Item]) -> None:
+        if self.metrics is None:
+            return
+        now = time.monotonic()
+        for item in items:
+            self.metrics.observe(QUEUING_LATENCY, (now - item.queued) * 1e6, THREAD_POOL_NAME)
+        self.metrics.observe(PROCESSED_BATCH_SIZE, len(items), servable.name, THREAD_POOL_NAME)
 
     @staticmethod
     def _answers(servable, items: list[_Item], deadline: float | None) -> list[dict]:

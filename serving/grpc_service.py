@@ -29,22 +29,37 @@ from tensorflow_serving.apis import (
 from serving import validation
 from serving.cancellation import Cancellation, Timeouts
 from serving.errors import ServingError, invalid
+from serving.metrics import ServingMetrics
 from serving.service import MODEL_CARD, SIGNATURE_DEF, Service, Target, check_deadline
 
 SERVICE_NAMES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 
 
-def _answer(context: grpc.ServicerContext, method: str, fn: Callable):
-    """Runs `fn`, turning a ServingError (or anything unexpected) into a gRPC status."""
+def _answer(
+    context: grpc.ServicerContext,
+    method: str,
+    fn: Callable,
+    metrics: ServingMetrics | None = None,
+    model_name: str = "",
+):
+    """Runs `fn`, turning a ServingError (or anything unexpected) into a gRPC status; counts
+    the request and its latency in `metrics` (under `model_name`)."""
+    start, code = time.monotonic(), grpc.StatusCode.OK
     try:
         return fn()
     except ServingError as e:
+        code = e.code
         if e.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
             logging.info("%s: %s", method, e.message)
         context.abort(e.code, e.message)
     except Exception as e:  # a bad request never takes the server down
+        code = grpc.StatusCode.INTERNAL
         logging.exception("%s failed", method)
         context.abort(grpc.StatusCode.INTERNAL, f"{method} internal error: {type(e).__name__}")
+    finally:
+        if metrics is not None:
+            seconds = time.monotonic() - start
+            metrics.record_request(model_name, method, "GRPC", code.name, seconds)
 
 
 def _target(request) -> Target:
@@ -101,6 +116,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, service: Service):
         self._service = service
 
+    def _answer(self, context, method: str, fn: Callable, request):
+        name = request.model_spec.name
+        return _answer(context, method, fn, self._service.metrics, name)
+
     def Predict(self, request, context):
         def run():
             target = _target(request)
@@ -123,7 +142,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
             return response
 
-        return _answer(context, "Predict", run)
+        return self._answer(context, "Predict", run, request)
 
     def Classify(self, request, context):
         def run():
@@ -157,7 +176,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     classification.classes.add(label=str(label), score=float(score))
             return response
 
-        return _answer(context, "Classify", run)
+        return self._answer(context, "Classify", run, request)
 
     def Regress(self, request, context):
         context.abort(
@@ -183,7 +202,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.metadata[MODEL_CARD].Pack(card)
             return response
 
-        return _answer(context, "GetModelMetadata", run)
+        return self._answer(context, "GetModelMetadata", run, request)
 
 
 def signature_map(signature_defs) -> get_model_metadata_pb2.SignatureDefMap:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator, Mapping
 
 import grpc
@@ -22,6 +23,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 
 from serving import model_config
 from serving.errors import ServingError, from_tf_error, invalid, not_found
+from serving.metrics import WARMUP_LATENCY, ServingMetrics
 from serving.model_config import ModelServerConfig, ModelSource
 from serving.servable import Servable
 from serving.validation import Limits
@@ -66,6 +68,7 @@ class ModelManager:
         zoo_root: str or None. Serve every folder of this directory, rescanned at each poll.
         poll_seconds: float. Seconds between polls; 0 or less polls once, at `start`.
         allow_unavailable_labels: bool. Allow labels that point at versions not loaded.
+        metrics: ServingMetrics or None. Records each load's outcome and latency, and warmups.
     """
 
     def __init__(
@@ -76,7 +79,9 @@ class ModelManager:
         zoo_root: str | None = None,
         poll_seconds: float = 1.0,
         allow_unavailable_labels: bool = False,
+        metrics: ServingMetrics | None = None,
     ):
+        self._metrics = metrics
         self._sources, self._zoo_root, self._limits = list(sources), zoo_root, limits
         self._poll_seconds, self._allow_unavailable_labels = poll_seconds, allow_unavailable_labels
         self._lock = threading.RLock()  # serializes polls, reloads and stop
@@ -277,10 +282,20 @@ class ModelManager:
         self._set_status(name, version, State.START)
         self._set_status(name, version, State.LOADING)
         logging.info("Loading version %d of model %s from %s", version, name, path)
+        start, servable = time.monotonic(), None
         try:
             servable = Servable.load(name, version, path)
+            loaded = time.monotonic()
+            if self._metrics is not None:
+                self._metrics.record_load(path, True, loaded - start)
             records = servable.warm_up(self._limits)
+            if self._metrics is not None:
+                self._metrics.observe(WARMUP_LATENCY, (time.monotonic() - loaded) * 1e6, path)
         except Exception as e:  # reported in GetModelStatus
+            if servable is None and self._metrics is not None:
+                self._metrics.record_load(path, False, 0.0)
+            elif servable is not None:
+                servable.close()
             error = _load_error(e, name, version, path)
             self._failed[(name, version)] = model_config.fingerprint(path)
             self._set_status(name, version, State.END, error.code, error.message)

@@ -23,7 +23,9 @@ from serving import grpc_service, model_config, rest
 from serving.admission import Admission
 from serving.batching import BatchingParameters, TaskBatcher
 from serving.cancellation import Timeouts
+from serving.config_protos import Monitoring
 from serving.errors import ServingError
+from serving.metrics import ServingMetrics
 from serving.model_manager import ModelManager
 from serving.service import Service
 from serving.validation import Limits
@@ -96,6 +98,12 @@ flags.DEFINE_string(
     "A text-format BatchingParameters (max_batch_size counts tasks, batch_timeout_micros, "
     "num_batch_threads, max_enqueued_batches); the defaults otherwise. Needs --enable_batching.",
 )
+flags.DEFINE_string(
+    "monitoring_config_file",
+    "",
+    "A text-format MonitoringConfig; prometheus_config { enable: true } serves TF Serving's "
+    "metrics at its path (/monitoring/prometheus/metrics) on the REST port.",
+)
 flags.DEFINE_bool(
     "demo", True, "Serve the browser demo at /demo/ on the REST port (serving/demo/)."
 )
@@ -144,11 +152,12 @@ def _check_flags() -> None:
         raise app.UsageError("--model_name needs --model_base_path (or use --model_config_file).")
 
 
-def build_manager(limits: Limits) -> ModelManager:
+def build_manager(limits: Limits, metrics: ServingMetrics | None) -> ModelManager:
     """The ModelManager the model flags describe (config file, one model, or the zoo)."""
     options = dict(
         poll_seconds=FLAGS.file_system_poll_wait_seconds,
         allow_unavailable_labels=FLAGS.allow_version_labels_for_unavailable_models,
+        metrics=metrics,
     )
     if FLAGS.model_config_file:
         config = model_config.read_config_file(FLAGS.model_config_file)
@@ -177,7 +186,18 @@ def main(argv: list[str]) -> None:
         FLAGS.max_message_bytes,
         FLAGS.max_tasks,
     )
-    admission = Admission(FLAGS.max_concurrent_computations, FLAGS.max_queued_computations)
+    try:
+        monitoring = Monitoring.read(FLAGS.monitoring_config_file)
+    except ValueError as e:
+        sys.exit(f"serving.server: {e}")
+    if monitoring.prometheus and not FLAGS.rest_api_port:
+        raise app.UsageError("Prometheus metrics (--monitoring_config_file) need --rest_api_port.")
+    metrics = ServingMetrics() if monitoring.prometheus else None
+    admission = Admission(
+        FLAGS.max_concurrent_computations,
+        FLAGS.max_queued_computations,
+        on_wait=metrics.computation_wait if metrics is not None else None,
+    )
     try:
         batcher = None
         if FLAGS.enable_batching:
@@ -186,23 +206,28 @@ def main(argv: list[str]) -> None:
                 if FLAGS.batching_parameters_file
                 else BatchingParameters()
             )
-            batcher = TaskBatcher(params, admission)
+            batcher = TaskBatcher(params, admission, metrics)
             logging.info("Task batching on: %s", params)
-        manager = build_manager(limits)
+        manager = build_manager(limits, metrics)
         manager.start()
     except (ValueError, ServingError) as e:
         sys.exit(f"serving.server: {getattr(e, 'message', e)}")
     timeouts = Timeouts(
         FLAGS.request_timeout_in_ms, FLAGS.max_request_timeout_in_ms, FLAGS.rest_api_timeout_in_ms
     )
-    service = Service(manager, limits, batcher, timeouts=timeouts, admission=admission)
+    service = Service(
+        manager, limits, batcher, timeouts=timeouts, admission=admission, metrics=metrics
+    )
     try:
         grpc_server, port, health = grpc_service.build_server(
             service, FLAGS.host, FLAGS.port, FLAGS.grpc_workers, FLAGS.max_message_bytes
         )
         rest_server = None
         if FLAGS.rest_api_port:
-            rest_server = rest.build_server(service, FLAGS.host, FLAGS.rest_api_port, FLAGS.demo)
+            metrics_path = monitoring.path if monitoring.prometheus else None
+            rest_server = rest.build_server(
+                service, FLAGS.host, FLAGS.rest_api_port, FLAGS.demo, metrics_path
+            )
     except OSError as e:
         manager.stop()
         sys.exit(f"serving.server: {e}")
@@ -212,6 +237,8 @@ def main(argv: list[str]) -> None:
         logging.info("Exporting HTTP/REST API at:%s:%d ...", FLAGS.host, FLAGS.rest_api_port)
         if FLAGS.demo:
             logging.info("Demo page at http://%s:%d/demo/", FLAGS.host, FLAGS.rest_api_port)
+        if monitoring.prometheus:
+            logging.info("Prometheus metrics at %s", monitoring.path)
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

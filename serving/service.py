@@ -23,6 +23,7 @@ from serving.admission import Admission
 from serving.batching import TaskBatcher
 from serving.cancellation import Cancellation, Timeouts
 from serving.errors import ServingError, invalid, not_found
+from serving.metrics import ServingMetrics
 from serving.model_config import ModelServerConfig
 from serving.model_manager import ModelManager, VersionStatus
 
@@ -110,10 +111,11 @@ class Service:
         *,
         timeouts: Timeouts | None = None,
         admission: Admission | None = None,
+        metrics: ServingMetrics | None = None,
     ):
         self.manager, self.limits, self.batcher = manager, limits, batcher
         self.timeouts = timeouts if timeouts is not None else Timeouts()
-        self.admission = admission
+        self.admission, self.metrics = admission, metrics
 
     def _run(self, servable, signature_name, arrays, deadline, cancellation) -> dict:
         """Runs a prepared request once admitted (a computation slot), unless cancelled first."""
@@ -127,6 +129,18 @@ class Service:
             return servable.run(
                 signature_name, arrays, deadline, deadline_reason=_deadline_reason(cancellation)
             )
+
+    def _record_runtime(self, servable, api: str, signature_name: str, arrays, start: float):
+        """The run's wall time, and the tasks it adapted with their inner steps."""
+        if self.metrics is None:
+            return
+        tasks = steps = 0
+        if sig.INNER_STEPS in arrays:
+            steps = int(arrays[sig.INNER_STEPS])
+            task_axis = [i.key for i in servable.spec(signature_name).inputs if i.tasks]
+            tasks = len(arrays[task_axis[0]]) if task_axis else 1
+        seconds = time.monotonic() - start
+        self.metrics.record_runtime(servable.name, api, seconds, tasks, steps)
 
     def predict(
         self,
@@ -144,6 +158,7 @@ class Service:
             _check_output_filter(spec, output_filter)
             arrays = servable.prepare(signature_name, decode(spec), self.limits)
             check_deadline(deadline, "the prediction")
+            start = time.monotonic()
             if (
                 self.batcher is not None
                 and signature_name == sig.ADAPT_AND_PREDICT
@@ -152,6 +167,7 @@ class Service:
                 outputs = self.batcher.submit(servable, arrays, deadline, cancellation)
             else:
                 outputs = self._run(servable, signature_name, arrays, deadline, cancellation)
+            self._record_runtime(servable, "Predict", signature_name, arrays, start)
         if output_filter:
             outputs = {k: outputs[k] for k in output_filter}
         return Result(servable.name, servable.version, signature_name, outputs)
@@ -183,7 +199,9 @@ class Service:
             arrays = validation.check_arrays(spec, {sig.IMAGES: images}, self.limits)
             arrays = servable.prepare(signature_name, arrays, self.limits)
             check_deadline(deadline, "the classification")
+            start = time.monotonic()
             outputs = self._run(servable, signature_name, arrays, deadline, cancellation)
+            self._record_runtime(servable, "Classify", signature_name, arrays, start)
         probabilities = outputs[sig.PROBABILITIES]
         return Result(servable.name, servable.version, signature_name, {"scores": probabilities})
 

@@ -17,10 +17,12 @@ from serving.validation import Limits
 from tests.serving.helpers import Stubs, stubs
 
 
-def manager(name: str, base_path: str, limits: Limits) -> ModelManager:
-    """A started manager serving `base_path`'s versions as `name` (no polling)."""
+def manager(name: str, base_path: str, limits: Limits, **options) -> ModelManager:
+    """A started manager serving `base_path`'s versions as `name` (no polling); `options` go to
+    `ModelManager`."""
     config = model_config.config_from_flags(name, str(base_path))
-    result = ModelManager(model_config.sources_from_config(config), limits, poll_seconds=0)
+    sources = model_config.sources_from_config(config)
+    result = ModelManager(sources, limits, poll_seconds=0, **options)
     result.start()
     return result
 
