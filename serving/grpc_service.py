@@ -242,9 +242,15 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def build_server(
-    service: Service, host: str, port: int, workers: int, max_message_bytes: int
+    service: Service,
+    host: str,
+    port: int,
+    workers: int,
+    max_message_bytes: int,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """A started gRPC server with the three services; returns it, its port and its health."""
+    """A started gRPC server with the three services (over TLS with `credentials`, from
+    `serving.tls`); returns it, its port and its health."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
         options=[
@@ -261,7 +267,10 @@ def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
-        bound = server.add_insecure_port(address)
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError:
         bound = 0
     if bound == 0:

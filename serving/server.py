@@ -19,7 +19,7 @@ import threading
 from absl import app, flags, logging
 
 from keras_reptile.training.strategy import set_threads
-from serving import grpc_service, model_config, rest
+from serving import grpc_service, model_config, rest, tls
 from serving.admission import Admission
 from serving.batching import BatchingParameters, TaskBatcher
 from serving.cancellation import Timeouts
@@ -97,6 +97,12 @@ flags.DEFINE_string(
     "",
     "A text-format BatchingParameters (max_batch_size counts tasks, batch_timeout_micros, "
     "num_batch_threads, max_enqueued_batches); the defaults otherwise. Needs --enable_batching.",
+)
+flags.DEFINE_string(
+    "ssl_config_file",
+    "",
+    "A text-format SSLConfig (server_key, server_cert, custom_ca, client_verify; PEM text): gRPC "
+    "over TLS, with client certificates when client_verify is true.",
 )
 flags.DEFINE_string(
     "monitoring_config_file",
@@ -188,6 +194,9 @@ def main(argv: list[str]) -> None:
     )
     try:
         monitoring = Monitoring.read(FLAGS.monitoring_config_file)
+        credentials = (
+            tls.server_credentials(FLAGS.ssl_config_file) if FLAGS.ssl_config_file else None
+        )
     except ValueError as e:
         sys.exit(f"serving.server: {e}")
     if monitoring.prometheus and not FLAGS.rest_api_port:
@@ -220,7 +229,12 @@ def main(argv: list[str]) -> None:
     )
     try:
         grpc_server, port, health = grpc_service.build_server(
-            service, FLAGS.host, FLAGS.port, FLAGS.grpc_workers, FLAGS.max_message_bytes
+            service,
+            FLAGS.host,
+            FLAGS.port,
+            FLAGS.grpc_workers,
+            FLAGS.max_message_bytes,
+            credentials,
         )
         rest_server = None
         if FLAGS.rest_api_port:
@@ -232,7 +246,12 @@ def main(argv: list[str]) -> None:
         manager.stop()
         sys.exit(f"serving.server: {e}")
     logging.info("Serving models %s", manager.model_names())
-    logging.info("Running gRPC ModelServer at %s:%d ...", FLAGS.host, port)
+    logging.info(
+        "Running gRPC ModelServer at %s:%d%s ...",
+        FLAGS.host,
+        port,
+        " (TLS)" if credentials is not None else "",
+    )
     if rest_server is not None:
         logging.info("Exporting HTTP/REST API at:%s:%d ...", FLAGS.host, FLAGS.rest_api_port)
         if FLAGS.demo:

@@ -10,6 +10,8 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 
+import grpc
+
 from serving import grpc_service, model_config, rest
 from serving.model_manager import ModelManager
 from serving.service import Service
@@ -32,22 +34,26 @@ class Running:
     service: Service
     grpc_target: str
     rest_url: str
-    api: Stubs
+    api: Stubs | None
 
 
 @contextlib.contextmanager
-def serve(service: Service, **rest_options) -> Iterator[Running]:
-    """`service` over gRPC and REST until the block ends."""
+def serve(
+    service: Service, credentials: grpc.ServerCredentials | None = None, **rest_options
+) -> Iterator[Running]:
+    """`service` over gRPC (TLS with `credentials`; `api` then is None) and REST until the block
+    ends."""
     grpc_server, port, _ = grpc_service.build_server(
-        service, "127.0.0.1", 0, 8, service.limits.max_message_bytes
+        service, "127.0.0.1", 0, 8, service.limits.max_message_bytes, credentials
     )
     rest_server = rest.build_server(service, "127.0.0.1", 0, **rest_options)
     target = f"127.0.0.1:{port}"
-    api = stubs(target)
+    api = stubs(target) if credentials is None else None
     try:
         yield Running(service, target, f"http://127.0.0.1:{rest_server.server_address[1]}", api)
     finally:
-        api.channel.close()
+        if api is not None:
+            api.channel.close()
         grpc_server.stop(0)
         rest_server.shutdown()
         rest_server.server_close()
