@@ -289,6 +289,7 @@ class ModelManager:
             if self._metrics is not None:
                 self._metrics.record_load(path, True, loaded - start)
             records = servable.warm_up(self._limits)
+            servable.model_cost()  # built now, not by the first request
             if self._metrics is not None:
                 self._metrics.observe(WARMUP_LATENCY, (time.monotonic() - loaded) * 1e6, path)
         except Exception as e:  # reported in GetModelStatus

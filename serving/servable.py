@@ -21,6 +21,8 @@ import tensorflow as tf
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
 from keras_reptile.export.saved_model import warmup_arrays
+from keras_reptile.models import build_model
+from keras_reptile.models.cost import ModelCost
 from serving import validation
 from serving.cancellation import remaining_ms
 from serving.errors import ServingError, from_tf_error, invalid
@@ -106,6 +108,7 @@ class Servable:
                 self.specs[name_] = _generic_spec(name_, sdef)
             self.defaults[name_] = {k: tf.make_ndarray(v) for k, v in sdef.defaults.items()}
         self._callables: dict[tuple, tuple] = {}
+        self._model_cost: ModelCost | None = None
         self._callables_lock = threading.Lock()
         self._cond = threading.Condition()
         self._in_flight, self._retired = 0, False
@@ -139,6 +142,17 @@ class Servable:
         except BaseException:
             session.close()
             raise
+
+    def model_cost(self) -> ModelCost | None:
+        """Per-example costs of the model the card's recipe builds (None without a card), for
+        `serving.cost`; built once."""
+        with self._callables_lock:
+            if self._model_cost is None and self.card is not None:
+                model = build_model(
+                    self.card.recipe.model, self.card.recipe.classes, self.info.input_shape
+                )
+                self._model_cost = ModelCost.of(model)
+            return self._model_cost
 
     def close(self) -> None:
         """Frees the Session (its graph and variables); the version serves no more."""

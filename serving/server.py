@@ -24,6 +24,7 @@ from serving.admission import Admission
 from serving.batching import BatchingParameters, TaskBatcher
 from serving.cancellation import Timeouts
 from serving.config_protos import Monitoring
+from serving.cost import DEFAULT_MAX_GFLOP, DEFAULT_MAX_MEMORY_MB, CostLimits
 from serving.errors import ServingError
 from serving.metrics import ServingMetrics
 from serving.model_manager import ModelManager
@@ -65,6 +66,17 @@ flags.DEFINE_integer("max_support", 500, "Most support examples of a task.")
 flags.DEFINE_integer("max_queries", 500, "Most query (or serving_default) examples of a task.")
 flags.DEFINE_integer("max_tasks", 64, "Most tasks in one adapt_and_predict_tasks request.")
 flags.DEFINE_integer("max_inner_steps", 1000, "Largest inner_steps a request may ask for.")
+flags.DEFINE_float(
+    "max_request_gflop",
+    DEFAULT_MAX_GFLOP,
+    "Most floating-point work one request may need, in GFLOP, estimated from its shapes and "
+    "settings before it runs (0: no limit); more is RESOURCE_EXHAUSTED.",
+)
+flags.DEFINE_float(
+    "max_request_memory_mb",
+    DEFAULT_MAX_MEMORY_MB,
+    "Most memory one request may need, in MiB, estimated before it runs (0: no limit).",
+)
 flags.DEFINE_integer("max_message_bytes", 64 * 2**20, "Largest gRPC message or REST body.")
 flags.DEFINE_integer("grpc_workers", 16, "gRPC worker threads (requests run in parallel).")
 flags.DEFINE_integer(
@@ -137,6 +149,8 @@ def _check_flags() -> None:
             raise app.UsageError(f"--{name} must be >= 1. Received: {FLAGS[name].value}")
     for name in (
         "max_queued_computations",
+        "max_request_gflop",
+        "max_request_memory_mb",
         "max_inner_steps",
         "tensorflow_intra_op_parallelism",
         "tensorflow_inter_op_parallelism",
@@ -225,7 +239,13 @@ def main(argv: list[str]) -> None:
         FLAGS.request_timeout_in_ms, FLAGS.max_request_timeout_in_ms, FLAGS.rest_api_timeout_in_ms
     )
     service = Service(
-        manager, limits, batcher, timeouts=timeouts, admission=admission, metrics=metrics
+        manager,
+        limits,
+        batcher,
+        timeouts=timeouts,
+        admission=admission,
+        metrics=metrics,
+        cost_limits=CostLimits(FLAGS.max_request_gflop, FLAGS.max_request_memory_mb),
     )
     try:
         grpc_server, port, health = grpc_service.build_server(

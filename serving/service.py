@@ -18,10 +18,11 @@ import numpy as np
 
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
-from serving import validation
+from serving import cost, validation
 from serving.admission import Admission
 from serving.batching import TaskBatcher
 from serving.cancellation import Cancellation, Timeouts
+from serving.cost import CostLimits
 from serving.errors import ServingError, invalid, not_found
 from serving.metrics import ServingMetrics
 from serving.model_config import ModelServerConfig
@@ -100,7 +101,8 @@ class Service:
 
     With a `TaskBatcher`, `adapt_and_predict` requests run batched as multi-task adaptations.
     `timeouts` are the deadlines both front ends give requests; `admission` bounds the
-    computations running and waiting (none: no bound).
+    computations running and waiting (none: no bound); `cost_limits` refuse requests whose
+    estimated cost is over them (none: no limit); `metrics` records requests and runs.
     """
 
     def __init__(
@@ -112,10 +114,22 @@ class Service:
         timeouts: Timeouts | None = None,
         admission: Admission | None = None,
         metrics: ServingMetrics | None = None,
+        cost_limits: CostLimits | None = None,
     ):
         self.manager, self.limits, self.batcher = manager, limits, batcher
         self.timeouts = timeouts if timeouts is not None else Timeouts()
-        self.admission, self.metrics = admission, metrics
+        self.admission, self.metrics, self.cost_limits = admission, metrics, cost_limits
+
+    def _check_cost(self, servable, signature_name: str, arrays) -> None:
+        """RESOURCE_EXHAUSTED if the request's estimated work or memory is over the limits
+        (before any work; a model without a card is not estimated)."""
+        if self.cost_limits is None:
+            return
+        model = servable.model_cost()
+        if model is None:
+            return
+        shape = cost.request_shape(servable.spec(signature_name), arrays, servable.info.input_shape)
+        self.cost_limits.check(cost.estimate(model, shape))
 
     def _run(self, servable, signature_name, arrays, deadline, cancellation) -> dict:
         """Runs a prepared request once admitted (a computation slot), unless cancelled first."""
@@ -157,6 +171,7 @@ class Service:
             spec = servable.spec(signature_name)
             _check_output_filter(spec, output_filter)
             arrays = servable.prepare(signature_name, decode(spec), self.limits)
+            self._check_cost(servable, signature_name, arrays)
             check_deadline(deadline, "the prediction")
             start = time.monotonic()
             if (
@@ -198,6 +213,7 @@ class Service:
             images = self._example_images(examples, servable.info.input_shape)
             arrays = validation.check_arrays(spec, {sig.IMAGES: images}, self.limits)
             arrays = servable.prepare(signature_name, arrays, self.limits)
+            self._check_cost(servable, signature_name, arrays)
             check_deadline(deadline, "the classification")
             start = time.monotonic()
             outputs = self._run(servable, signature_name, arrays, deadline, cancellation)
