@@ -93,6 +93,7 @@ class ModelManager:
         self._status: dict[str, dict[int, VersionStatus]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watchers: list[threading.Thread] = []
 
     # Lifecycle.
 
@@ -108,14 +109,37 @@ class ModelManager:
     def stop(self) -> None:
         """Stops polling and unloads every version (waiting for their requests)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        for thread in [self._thread, *self._watchers]:
+            if thread is not None:
+                thread.join()
         with self._lock:
             servables = [s for versions in self._servables.values() for s in versions.values()]
             self._servables = {}
             self._publish()
             for servable in servables:
                 self._unload(servable)
+
+    def watch_config_file(self, path: str, seconds: float, applied: ModelServerConfig) -> None:
+        """Re-reads the ModelServerConfig at `path` every `seconds` (`--model_config_file_poll_
+        wait_seconds`) and serves exactly its models when it changes from `applied` (the config
+        the manager started with), as a reload request would. A file that cannot be read or
+        applied is logged and the models served stay as they are, as in TF Serving."""
+
+        def watch():
+            last = applied
+            while not self._stop.wait(seconds):
+                try:
+                    config = model_config.read_config_file(path)
+                    if config != last:
+                        logging.info("Model config file %s changed; reloading it", path)
+                        last = config
+                        self.reload_config(config)
+                except Exception as e:  # the watcher must survive anything
+                    message = getattr(e, "message", str(e))
+                    logging.error("Reloading the model config file %s failed: %s", path, message)
+
+        self._watchers.append(threading.Thread(target=watch, name="config-poller", daemon=True))
+        self._watchers[-1].start()
 
     def _run(self) -> None:
         while not self._stop.wait(self._poll_seconds):

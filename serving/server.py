@@ -27,6 +27,7 @@ from serving.config_protos import Monitoring
 from serving.cost import DEFAULT_MAX_GFLOP, DEFAULT_MAX_MEMORY_MB, CostLimits
 from serving.errors import ServingError
 from serving.metrics import ServingMetrics
+from serving.model_config import ModelServerConfig
 from serving.model_manager import ModelManager
 from serving.service import Service
 from serving.validation import Limits
@@ -50,6 +51,12 @@ flags.DEFINE_string("model_name", "default", "Name of the model (with --model_ba
 flags.DEFINE_string("model_base_path", "", "Folder of the model's integer version folders.")
 flags.DEFINE_string(
     "model_config_file", "", "A text-format ModelServerConfig; overrides the two flags above."
+)
+flags.DEFINE_float(
+    "model_config_file_poll_wait_seconds",
+    0.0,
+    "Seconds between reads of --model_config_file; a changed file is applied as a reload "
+    "request would (0: read once, at startup).",
 )
 flags.DEFINE_float(
     "file_system_poll_wait_seconds",
@@ -172,8 +179,11 @@ def _check_flags() -> None:
         raise app.UsageError("--model_name needs --model_base_path (or use --model_config_file).")
 
 
-def build_manager(limits: Limits, metrics: ServingMetrics | None) -> ModelManager:
-    """The ModelManager the model flags describe (config file, one model, or the zoo)."""
+def build_manager(
+    limits: Limits, metrics: ServingMetrics | None
+) -> tuple[ModelManager, ModelServerConfig | None]:
+    """The ModelManager the model flags describe (config file, one model, or the zoo), and the
+    config file's contents (None without one)."""
     options = dict(
         poll_seconds=FLAGS.file_system_poll_wait_seconds,
         allow_unavailable_labels=FLAGS.allow_version_labels_for_unavailable_models,
@@ -181,17 +191,17 @@ def build_manager(limits: Limits, metrics: ServingMetrics | None) -> ModelManage
     )
     if FLAGS.model_config_file:
         config = model_config.read_config_file(FLAGS.model_config_file)
-        return ModelManager(model_config.sources_from_config(config), limits, **options)
+        return ModelManager(model_config.sources_from_config(config), limits, **options), config
     if FLAGS.model_base_path:
         config = model_config.config_from_flags(FLAGS.model_name, FLAGS.model_base_path)
-        return ModelManager(model_config.sources_from_config(config), limits, **options)
+        return ModelManager(model_config.sources_from_config(config), limits, **options), None
     root = os.path.abspath(ZOO_DIR)
     if not os.path.isdir(root):
         raise ValueError(
             f"No model flags and no {ZOO_DIR}/ folder in {os.getcwd()}: pass --model_base_path "
             "(with --model_name) or --model_config_file, or run where saved_models/ is."
         )
-    return ModelManager([], limits, zoo_root=root, **options)
+    return ModelManager([], limits, zoo_root=root, **options), None
 
 
 def main(argv: list[str]) -> None:
@@ -231,8 +241,12 @@ def main(argv: list[str]) -> None:
             )
             batcher = TaskBatcher(params, admission, metrics)
             logging.info("Task batching on: %s", params)
-        manager = build_manager(limits, metrics)
+        manager, config = build_manager(limits, metrics)
         manager.start()
+        if config is not None and FLAGS.model_config_file_poll_wait_seconds > 0:
+            manager.watch_config_file(
+                FLAGS.model_config_file, FLAGS.model_config_file_poll_wait_seconds, config
+            )
     except (ValueError, ServingError) as e:
         sys.exit(f"serving.server: {getattr(e, 'message', e)}")
     timeouts = Timeouts(
