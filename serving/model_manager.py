@@ -1,12 +1,14 @@
 """Keeps the served versions up to date: discovers, loads, swaps and unloads them.
 
 A background poller lists each model's base folder every `--file_system_poll_wait_seconds`, applies
-the version policy, loads new versions (`tf.saved_model.load` plus a warmup run: a version is only
-AVAILABLE once both succeed) and unloads versions the policy no longer wants. A version that fails
+the version policy, loads new versions (`Servable.load` into a Session plus a warmup run: a
+version is only AVAILABLE once both succeed) and unloads versions the policy no longer wants (their
+Sessions closed once their requests are done). A version that fails
 is END with its error and is left out of the policy, so it never replaces one that is serving; it
 is retried only if its files change. Requests resolve against an immutable snapshot that is
 swapped in one assignment, so they never see a half-updated map, and an unloading version waits
-for the requests it is running.
+for the requests it is running. With `watch_config_file`, the model config file is re-read and
+applied when it changes.
 """
 
 from __future__ import annotations
