@@ -181,6 +181,14 @@ class Recipe(_Value):
 IDENTITY_FIELDS = ("dataset", "model", "classes", "seed", "replicate", "sgd", "inner_adam")
 
 
+def identity_difference(saved: Recipe, received: Recipe) -> str | None:
+    """The first of `IDENTITY_FIELDS` in which `received` differs from `saved`, if any."""
+    for key in IDENTITY_FIELDS:
+        if getattr(saved, key) != getattr(received, key):
+            return key
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Protocol(_Value):
     """How an initialization is measured: the paper's evaluation settings.

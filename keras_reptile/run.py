@@ -7,6 +7,7 @@ checkpoints and everything needed to go on without flags.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import keras
@@ -22,7 +23,7 @@ from keras_reptile.export.saved_model import (
     export_saved_model,
     read_exported_state,
 )
-from keras_reptile.models import build_model
+from keras_reptile.models import MODELS, build_model
 from keras_reptile.training.evaluator import Evaluator
 from keras_reptile.training.results import (
     measurements,
@@ -45,11 +46,16 @@ def read_run(model_dir: str) -> tuple[Recipe, RunInfo] | None:
     return None if info is None else (read_recipe(model_dir), info)
 
 
-def build_stacked_model(recipe: Recipe, input_shape) -> StackedModel:
-    """The registered model with its deterministic initialization for `recipe.seed` and
-    `recipe.replicate`."""
+def build_stacked_model(
+    recipe: Recipe, input_shape, keras_config: dict | None = None
+) -> StackedModel:
+    """The registered model (or, outside the registry, the model of `keras_config`) with its
+    deterministic initialization for `recipe.seed` and `recipe.replicate`."""
     keras.utils.set_random_seed(initialization_seed(recipe.seed, recipe.replicate))
-    model = build_model(recipe.model, recipe.classes, tuple(input_shape))
+    if recipe.model in MODELS or keras_config is None:
+        model = build_model(recipe.model, recipe.classes, tuple(input_shape))
+    else:
+        model = keras.models.model_from_json(json.dumps(keras_config))
     return StackedModel(model, recipe.is_regression)
 
 
@@ -97,7 +103,11 @@ def run(
         input_shape = train_tasks.input_shape
     else:
         input_shape = stored[1].input_shape
-    model = build_stacked_model(recipe, input_shape)
+    source = read_exported_state(warm_start_from) if warm_start_from else None
+    keras_config = RunFolder(model_dir).keras_config() or (source and source.card.keras_config)
+    model = build_stacked_model(recipe, input_shape, keras_config)
+    if keras_config and is_chief(strategy):
+        RunFolder(model_dir).write_keras_config(keras_config)
     splits = (
         {"test": test_tasks} if recipe.is_regression else {"train": train_tasks, "test": test_tasks}
     )
@@ -114,8 +124,8 @@ def run(
             (_evaluator(recipe, protocol, model), periodic_splits) if needs_data else None
         ),
     )
-    if warm_start_from:
-        trainer.warm_start(read_exported_state(warm_start_from))
+    if source:
+        trainer.warm_start(source)
     step = trainer.restore()  # refuses a run folder of another recipe before anything is written
     if is_chief(strategy):
         _write_run_info(model_dir, stored, name, protocol, input_shape, needs_data, data_dir,
@@ -246,6 +256,7 @@ def export(name: str, protocol: Protocol, trainer: MetaTrainer, export_dir: str)
         meta_iterations=step,
         results=tuple(results),
         warm_started_from=warm_start,
+        keras_config=trainer.folder.keras_config(),
     )
     module = ServingModule(
         trainer.model,

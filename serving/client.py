@@ -404,7 +404,36 @@ def card_summary(card: ModelCard) -> str:
         f"default protocol: {p.shots}-shot, {p.eval_iters} inner steps of batch {p.eval_batch} "
         f"at learning rate {p.learning_rate}{answer}",
     ]
+    asked = []
+    for m in card.results:
+        flags = protocol_flags(p, m.protocol)
+        line = f"  {m.protocol.shots}-shot{_answer(card, m.protocol)}: {flags or '(the defaults)'}"
+        if line not in asked:
+            asked.append(line)
+    if asked:
+        lines += ["to ask for a measured protocol (this client's flags):", *asked]
     return "\n".join(lines)
+
+
+def _answer(card: ModelCard, protocol) -> str:
+    if card.regression:
+        return ""
+    return ", transductive" if protocol.transductive else ", non-transductive"
+
+
+def protocol_flags(default, protocol) -> str:
+    """The client flags that turn the served defaults (`default`) into `protocol`'s adaptation;
+    the shots are the support set the client sends."""
+    flags = []
+    if protocol.eval_iters != default.eval_iters:
+        flags.append(f"--inner_steps={protocol.eval_iters}")
+    if protocol.eval_batch != default.eval_batch:
+        flags.append(f"--inner_batch_size={protocol.eval_batch}")
+    if protocol.learning_rate != default.learning_rate:
+        flags.append(f"--learning_rate={protocol.learning_rate}")
+    if protocol.transductive and not default.transductive:
+        flags.append("--transductive")
+    return " ".join(flags)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -77,6 +77,16 @@ def _model_info(signature_defs, card: ModelCard | None) -> validation.ModelInfo:
     return validation.ModelInfo(int(ways), tuple(int(d) for d in shape), regression)
 
 
+def _num_weights(signature_defs) -> int | None:
+    """The length of a task's `adapted_weights`, from the `adapt` SignatureDef (None without
+    one: a version exported before the split signatures)."""
+    adapt = signature_defs.get(sig.ADAPT)
+    if adapt is None or sig.ADAPTED_WEIGHTS not in adapt.outputs:
+        return None
+    size = adapt.outputs[sig.ADAPTED_WEIGHTS].tensor_shape.dim[-1].size
+    return int(size) if size > 0 else None
+
+
 class Servable:
     """A loaded version. Build it with `Servable.load`.
 
@@ -96,7 +106,9 @@ class Servable:
         self.signature_defs = signature_defs
         self.card = card
         self.info = _model_info(signature_defs, card)
-        contract = sig.signature_specs(self.info.input_shape, self.info.regression)
+        contract = sig.signature_specs(
+            self.info.input_shape, self.info.regression, _num_weights(signature_defs)
+        )
         self.specs, self.defaults = {}, {}
         for name_, sdef in signature_defs.items():
             if name_ == _INIT_OP:

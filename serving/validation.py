@@ -2,8 +2,10 @@
 
 Names, dtypes and shapes come from `keras_reptile.export.signatures.signature_specs`; the number of
 classes (`ways`) and the example shape come from the model card; the maxima are server flags.
-Inputs of `adapt_and_predict_tasks` carry a leading task axis: tasks are counted against
-`--max_tasks`, examples per task against `--max_support` and `--max_queries`. Every failure is a
+Inputs of the multi-task signatures carry a leading task axis: tasks are counted against
+`--max_tasks`, examples per task against `--max_support` and `--max_queries`. A task's
+`adapted_weights` must have the length the version's `adapt` signature declares, and
+`predict_adapted_tasks` as many of them as query tasks. Every failure is a
 `ServingError` saying what was received and what was expected. Values are never cast: a tensor of
 the wrong dtype is rejected.
 """
@@ -96,6 +98,11 @@ def check_shape(
         or any(e is not None and e != d for e, d in zip(expected, shape))
     ):
         what = "a scalar" if expected == () else _shape_text(expected) + " (?: any size)"
+        if spec.key == sig.ADAPTED_WEIGHTS and expected[-1] is not None:
+            what += (
+                f": each task's {expected[-1]} adapted weights, as this version's "
+                f'"{sig.ADAPT}" signature returns them'
+            )
         raise invalid(
             f'Input "{spec.key}" of signature "{signature.name}" has shape {_shape_text(shape)}; '
             f"expected {what}."
@@ -214,14 +221,17 @@ def check_values(
     support = next((k for k in SUPPORT_KEYS if k in arrays), None)
     target = next((k for k in TARGET_KEYS if k in arrays), None)
     query = next((k for k in QUERY_KEYS[:2] if k in arrays), None)
+    weights = sig.ADAPTED_WEIGHTS if sig.ADAPTED_WEIGHTS in arrays else None
     tasks = any(i.tasks for i in signature.inputs)
     if tasks:
-        for other in (target, query):
-            if support and other and len(arrays[support]) != len(arrays[other]):
-                raise invalid(
-                    f'Input "{support}" holds {len(arrays[support])} tasks but "{other}" holds '
-                    f"{len(arrays[other])}; expected the same number of tasks in both."
-                )
+        counted = [k for k in (support, weights) if k]
+        for first in counted[:1]:
+            for other in (target, query, *counted[1:]):
+                if other and len(arrays[first]) != len(arrays[other]):
+                    raise invalid(
+                        f'Input "{first}" holds {len(arrays[first])} tasks but "{other}" holds '
+                        f"{len(arrays[other])}; expected the same number of tasks in both."
+                    )
     axis = 1 if tasks else 0  # the examples axis
     counts = [arrays[k].shape[axis] for k in (support, target) if k and arrays[k].ndim > axis]
     if len(counts) == 2 and counts[0] != counts[1]:

@@ -15,6 +15,7 @@ from keras_reptile.data.streams import task_seeds
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
 from keras_reptile.export.saved_model import version_dir
+from keras_reptile.run import build_stacked_model
 from tests.conftest import OMNIGLOT_DIR, REPO_ROOT
 from tests.export.helpers import PYTHON_OPS, saved_model_ops
 from tests.served_vs_evaluator import KEY
@@ -121,6 +122,44 @@ def test_tf1_session_adapts_to_new_tasks_as_measured(path):
             else:
                 # 20 tasks x `ways` queries: far more than 15 points below the mean is a bug.
                 assert np.mean(scores) > measured.mean - 0.15, (measured, scores)
+
+
+def _session_run(sess, meta, name, arrays):
+    sdef = meta.signature_def[name]
+    feeds = {sdef.inputs[k].name: v for k, v in arrays.items()}
+    return sess.run({k: v.name for k, v in sdef.outputs.items()}, feeds)
+
+
+@pytest.mark.parametrize("path", VERSIONS, ids=IDS)
+def test_tf1_session_split_signatures_answer_as_adapt_and_predict(path):
+    """`adapt` then `predict_adapted` (and their multi-task forms), fed by tensor names with the
+    defaults left out, give `adapt_and_predict`'s outputs bit for bit on new tasks."""
+    card = ModelCard.read(str(path))
+    keys = sig.task_keys(card.regression)
+    sample = _sample(_test_tasks(card), card, card.default_protocol, 2)
+    tasks = [{keys.support: t[0], keys.targets: t[1], keys.query: t[2]} for t in sample]
+    stacked = {k: np.stack([t[k] for t in tasks]) for k in tasks[0]}
+    answers = [{}] if card.regression else [{sig.TRANSDUCTIVE: a} for a in (False, True)]
+    size = build_stacked_model(card.recipe, card.input_shape).num_weights
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path))
+        for one, adapt, predict, together in (
+            (True, sig.ADAPT, sig.PREDICT_ADAPTED, sig.ADAPT_AND_PREDICT),
+            (False, sig.ADAPT_TASKS, sig.PREDICT_ADAPTED_TASKS, sig.ADAPT_AND_PREDICT_TASKS),
+        ):
+            for task in tasks[:1] if one else [stacked]:
+                support = {k: task[k] for k in (keys.support, keys.targets)}
+                weights = _session_run(sess, meta, adapt, support)[sig.ADAPTED_WEIGHTS]
+                assert weights.shape[-1] == size
+                for answer in answers:
+                    query = {sig.ADAPTED_WEIGHTS: weights, keys.query: task[keys.query]}
+                    if not card.regression:
+                        query[keys.support] = task[keys.support]
+                    split = _session_run(sess, meta, predict, {**query, **answer})
+                    want = _session_run(sess, meta, together, {**task, **answer})
+                    assert set(split) == set(want)
+                    for key in want:
+                        np.testing.assert_array_equal(split[key], want[key], err_msg=key)
 
 
 # Replays a SavedModel's warmup requests (one per signature, two tasks for the multi-task one)

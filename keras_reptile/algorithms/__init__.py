@@ -1,6 +1,7 @@
 """The stacked network, the inner loop, the inner optimizers and the Reptile / FOMAML updates."""
 
 from keras_reptile.algorithms.inner_loop import (
+    adapt_from,
     adapt_tasks,
     group_sizes,
     inner_loop,
@@ -18,16 +19,25 @@ from keras_reptile.algorithms.reptile import (
     task_batches,
     task_update,
 )
-from keras_reptile.algorithms.stacked import StackedModel, batch_norm, check_supported, stack
+from keras_reptile.algorithms.stacked import (
+    StackedModel,
+    batch_norm,
+    check_supported,
+    flatten_weights,
+    stack,
+    unflatten_weights,
+)
 
 __all__ = [
     "AdamState",
     "InnerOptimizer",
     "StackedModel",
     "TaskBatches",
+    "adapt_from",
     "adapt_tasks",
     "batch_norm",
     "check_supported",
+    "flatten_weights",
     "group_sizes",
     "inner_loop",
     "meta_step_size",
@@ -40,4 +50,5 @@ __all__ = [
     "stack_state",
     "task_batches",
     "task_update",
+    "unflatten_weights",
 ]

@@ -1,7 +1,8 @@
 """The inner loop on stacked tasks: k optimizer steps on each task's mini-batches, pure functions.
 
-Meta-training, the evaluator and every serving signature adapt through `adapt_tasks` and answer
-through `predict_tasks`; a single task is a stack of one.
+Meta-training adapts through `adapt_tasks`; the evaluator and every serving signature adapt
+through `adapt_from` (one initialization, a copy per task) and answer through `predict_tasks`; a
+single task is a stack of one.
 """
 
 from __future__ import annotations
@@ -158,6 +159,40 @@ def adapt_tasks(
     return result.weights
 
 
+def adapt_from(
+    model: StackedModel,
+    optimizer: InnerOptimizer,
+    weights: list[tf.Tensor],
+    state,
+    support_x: tf.Tensor,
+    support_y: tf.Tensor,
+    lr,
+    num_steps,
+    batch_size,
+    seeds: tf.Tensor,
+) -> list[tf.Tensor]:
+    """`adapt_tasks` of `T` tasks `[T, S, ...]` that all start from one initialization.
+
+    Each task gets its own copy of `weights` (no task axis) and of the carried optimizer `state`
+    (`()` for SGD), as the official code restores them before every test task. The evaluator and
+    the serving signatures both adapt here, so a served task is adapted as an evaluated one.
+    """
+    support_x = tf.convert_to_tensor(support_x)
+    num_tasks = support_x.shape[0] or tf.shape(support_x)[0]
+    return adapt_tasks(
+        model,
+        optimizer,
+        stack(list(weights), num_tasks),
+        stack_state(state, num_tasks),
+        support_x,
+        support_y,
+        lr,
+        num_steps,
+        batch_size,
+        seeds,
+    )
+
+
 def predict_tasks(
     model: StackedModel, weights, support_x, query_x, transductive: bool
 ) -> tf.Tensor:
@@ -165,11 +200,13 @@ def predict_tasks(
 
     Transductive: all of a task's queries in one batch. Otherwise, as the paper: every (task,
     query) pair becomes a network of its own, run on the task's support set plus that one query,
-    so BatchNorm's statistics never see another query.
+    so BatchNorm's statistics never see another query. `support_x` is only read then (it may be
+    None otherwise).
     """
-    support_x, query_x = tf.convert_to_tensor(support_x), tf.convert_to_tensor(query_x)
+    query_x = tf.convert_to_tensor(query_x)
     if transductive or not model.uses_batch_statistics:
         return model(weights, query_x)
+    support_x = tf.convert_to_tensor(support_x)
     num_tasks, num_queries = tf.shape(query_x)[0], tf.shape(query_x)[1]
     pair_weights = [tf.repeat(w, num_queries, axis=0) for w in weights]
     support = tf.repeat(support_x, num_queries, axis=0)  # [T*Q, S, ...]

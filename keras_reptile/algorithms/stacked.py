@@ -14,6 +14,8 @@ the `StackedModel` is built.
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -186,6 +188,9 @@ class StackedModel:
     def __init__(self, model: keras.Model, regression: bool):
         check_supported(model)
         self.model, self.regression = model, regression
+        self._initial = [
+            tf.constant(keras.ops.convert_to_numpy(v)) for v in model.trainable_variables
+        ]
         self.uses_batch_statistics = any(
             isinstance(la, keras.layers.BatchNormalization) for la in model.layers
         )
@@ -218,9 +223,16 @@ class StackedModel:
     def weight_shapes(self) -> list[tuple[int, ...]]:
         return [tuple(v.shape) for v in self.model.trainable_variables]
 
+    @property
+    def num_weights(self) -> int:
+        """Values in one task's weights: the length of `flatten_weights`' rows."""
+        return sum(math.prod(shape) for shape in self.weight_shapes)
+
     def initial_weights(self) -> list[tf.Tensor]:
-        """The model's trainable weights (no task axis), as tensors."""
-        return [tf.constant(keras.ops.convert_to_numpy(v)) for v in self.model.trainable_variables]
+        """The model's trainable weights (no task axis) as they were when it was wrapped; later
+        assignments to the Keras model (a trainer showing it the current initialization) do
+        not change them."""
+        return list(self._initial)
 
     def __call__(self, weights: list[tf.Tensor], x: tf.Tensor) -> tf.Tensor:
         """Outputs `[T, batch, outputs]` of each task's network on its own batch.
@@ -406,6 +418,24 @@ def stack(weights: list[tf.Tensor], num_tasks) -> list[tf.Tensor]:
     if isinstance(num_tasks, int) and num_tasks == 1:
         return [w[None] for w in weights]
     return [tf.repeat(w[None], num_tasks, axis=0) for w in weights]
+
+
+def flatten_weights(weights: list[tf.Tensor]) -> tf.Tensor:
+    """Stacked weights `[T, ...]` as one tensor `[T, P]`: each task's weights flattened in order
+    and concatenated. Exact (values are only moved); `unflatten_weights` undoes it."""
+    return tf.concat([tf.reshape(w, [tf.shape(w)[0], -1]) for w in weights], axis=1)
+
+
+def unflatten_weights(flat: tf.Tensor, shapes: list[tuple[int, ...]]) -> list[tf.Tensor]:
+    """`flatten_weights`' inverse: `flat` `[T, P]` back to stacked weights `[T, *shape]`, one
+    per entry of `shapes` (a `StackedModel`'s `weight_shapes`)."""
+    sizes = [math.prod(shape) for shape in shapes]
+    if flat.shape[-1] is not None and flat.shape[-1] != sum(sizes):
+        raise ValueError(
+            f"Expected {sum(sizes)} weight values per task. Received: flat.shape={flat.shape}"
+        )
+    parts = tf.split(flat, sizes, axis=-1)
+    return [tf.reshape(part, [-1, *shape]) for part, shape in zip(parts, shapes)]
 
 
 def _to_grouped(x: tf.Tensor) -> tf.Tensor:

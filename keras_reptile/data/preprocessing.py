@@ -29,7 +29,7 @@ STROKE_PEN_WIDTH = 1.25
 
 Strokes = Sequence[Sequence[Sequence[float]]]
 
-_ImagePath = str | os.PathLike
+_ImagePath = str | os.PathLike | Image.Image
 
 
 def omniglot_bits(image: Image.Image) -> np.ndarray:
@@ -134,7 +134,8 @@ def load_image(path: _ImagePath, input_shape: Sequence[int]) -> np.ndarray:
     """Reads an image file prepared exactly as the training images of a model.
 
     Args:
-        path: str or path-like. The image file (PNG for Omniglot, any format Pillow reads).
+        path: str or path-like. The image file (PNG for Omniglot, any format Pillow reads), or
+            a PIL image.
         input_shape: sequence of ints. The model's input shape without the batch dimension:
             `(28, 28, 1)` for Omniglot models or `(N, N, 3)` for square RGB models.
 
@@ -157,7 +158,11 @@ def load_image(path: _ImagePath, input_shape: Sequence[int]) -> np.ndarray:
 
 @contextlib.contextmanager
 def _open(path: _ImagePath) -> Iterator[Image.Image]:
-    """Opens an image; a missing or undecodable file raises ValueError naming `path`."""
+    """Opens an image (a PIL image is used as is); a missing or undecodable file raises
+    ValueError naming `path`."""
+    if isinstance(path, Image.Image):
+        yield path
+        return
     try:
         with Image.open(path) as image:
             yield image

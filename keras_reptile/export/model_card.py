@@ -81,6 +81,8 @@ class ModelCard:
         results: tuple of Measurement. Every protocol measured on these very weights.
         package_version: str. The keras-reptile version that wrote it.
         warm_started_from: WarmStart or None. The export the run was started from, if any.
+        keras_config: dict or None. The network's Keras config (`model.to_json()`) when it is
+            not a registry model, so the export can be warm-started or re-exported from alone.
     """
 
     name: str
@@ -91,6 +93,7 @@ class ModelCard:
     results: tuple[Measurement, ...] = ()
     package_version: str = ""
     warm_started_from: WarmStart | None = None
+    keras_config: dict | None = None
 
     def __post_init__(self):
         for m in self.results:
@@ -139,6 +142,7 @@ class ModelCard:
             "warm_started_from": (
                 dataclasses.asdict(self.warm_started_from) if self.warm_started_from else None
             ),
+            "keras_config": self.keras_config,
         }
 
     def to_json(self) -> str:
@@ -167,6 +171,7 @@ class ModelCard:
                 results=tuple(Measurement.from_dict(m) for m in data["results"]),
                 package_version=data.get("package_version", ""),
                 warm_started_from=WarmStart(**warm) if warm else None,
+                keras_config=data.get("keras_config"),
             )
         except (KeyError, TypeError) as e:
             raise ValueError(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -15,17 +17,20 @@ from keras_reptile.algorithms import (
     AdamState,
     InnerOptimizer,
     StackedModel,
-    adapt_tasks,
+    adapt_from,
+    flatten_weights,
     predict_tasks,
     stack,
-    stack_state,
+    unflatten_weights,
 )
 from keras_reptile.config import Protocol
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
 
-# Tasks of one adapt_and_predict_tasks call adapting at the same time.
+# Tasks of one multi-task call running at the same time.
 _PARALLEL_TASKS = 4
+# Every value of the warmup requests' adapted weights.
+WARMUP_WEIGHT = 0.01
 
 
 class ServingModule(tf.Module):
@@ -34,7 +39,10 @@ class ServingModule(tf.Module):
     Only plain `tf.Variable`s are tracked (never the Keras model, whose SavedModel copies of its
     variables break TF1-Session loading), and nothing ever writes them: adaptation runs on
     tensors inside a `tf.while_loop`, so concurrent requests cannot disturb each other. Every
-    signature runs the stacked implementation; `adapt_and_predict` is a stack of one task.
+    signature runs the stacked implementation on one task at a time (a stack of one); a
+    multi-task signature runs its single-task form on each task. `adapt` followed by
+    `predict_adapted` is `adapt_and_predict` in two calls: the same adaptation and the same
+    prediction, with the adapted weights flattened in between.
 
     Args:
         model: StackedModel. The architecture.
@@ -68,83 +76,50 @@ class ServingModule(tf.Module):
         self.__dict__["_model"] = model
         self.__dict__["_optimizer"] = optimizer
         self.ways, self.protocol = ways, protocol
-        self.specs = sig.signature_specs(model.input_shape, model.regression)
+        self._keys = sig.task_keys(model.regression)
+        self.specs = sig.signature_specs(model.input_shape, model.regression, model.num_weights)
         self.__dict__["serving_signatures"] = self._build_signatures()
 
-    def _initialization(self, num_tasks):
-        weights = stack([w.read_value() for w in self.weights], num_tasks)
+    def _initialization(self):
+        """The meta-initialization (no task axis) and the carried optimizer state."""
+        weights = [w.read_value() for w in self.weights]
         if self._optimizer.kind == "sgd":
             return weights, ()
-        state = AdamState(self.adam_step.read_value(), tuple(v.read_value() for v in self.adam_v))
-        return weights, stack_state(state, num_tasks)
+        return weights, AdamState(
+            self.adam_step.read_value(), tuple(v.read_value() for v in self.adam_v)
+        )
 
-    def _adapt_and_predict(self, support_x, support_y, query_x, steps, batch, lr, transductive):
-        """The signature's outputs (`_outputs`, each `[T, Q, ...]`) for `T` tasks `[T, S, ...]`,
-        `[T, S]`, `[T, Q, ...]`."""
-        shape = tf.shape(support_x)
-        checks = [
-            tf.debugging.assert_greater(shape[0], 0, message="no task was sent"),
-            tf.debugging.assert_greater(shape[1], 0, message="the support set is empty"),
-            tf.debugging.assert_equal(
-                shape[:2],
-                tf.shape(support_y)[:2],
-                message="support inputs and their labels/targets differ in count",
-            ),
-            tf.debugging.assert_equal(
-                shape[0], tf.shape(query_x)[0], message="support and query task counts differ"
-            ),
-            tf.debugging.assert_non_negative(steps, message="inner_steps must be >= 0"),
-            tf.debugging.assert_positive(batch, message="inner_batch_size must be >= 1"),
-            tf.debugging.assert_all_finite(lr, message="learning_rate must be finite"),
-        ]
-        if not self._model.regression:
-            checks += [
-                tf.debugging.assert_non_negative(support_y, message="labels must be >= 0"),
-                tf.debugging.assert_less(
-                    support_y, self.ways, message=f"labels must be < {self.ways}"
-                ),
-            ]
-        with tf.control_dependencies(checks):
-            if support_x.shape[0] == 1:
-                return self._outputs(self._adapt_and_predict_one(
-                    support_x, support_y, query_x, steps, batch, lr, transductive
-                ))  # fmt: skip
+    # One task, as a stack of one: `[1, ...]` in and out.
 
-            # A task count known only at run time: each task adapts as a stack of one, so its
-            # answer is the one it gets alone; the executor runs tasks side by side. Its outputs
-            # are derived task by task too: Eigen's softmax rounds an element differently
-            # depending on where it falls in the whole tensor (vectorised or scalar exp).
-            def task_outputs(task):
-                outputs = self._adapt_and_predict_one(
-                    task[0][None], task[1][None], task[2][None], steps, batch, lr, transductive
-                )
-                return {k: v[0] for k, v in self._outputs(outputs).items()}
-
-            return tf.map_fn(
-                task_outputs,
-                (support_x, support_y, query_x),
-                fn_output_signature={
-                    k: sig.OUTPUT_DTYPES[k] for k in self.specs[sig.ADAPT_AND_PREDICT_TASKS].outputs
-                },
-                parallel_iterations=_PARALLEL_TASKS,
-            )
-
-    def _adapt_and_predict_one(self, support_x, support_y, query_x, steps, batch, lr, transductive):
-        """`_adapt_and_predict` of one task `[1, S, ...]`, `[1, S]`, `[1, Q, ...]`."""
-        weights, state = self._initialization(1)
+    def _adapt(self, support_x, support_y, inputs) -> list[tf.Tensor]:
+        """A task's adapted weights, with the request's adaptation settings in `inputs`."""
+        weights, state = self._initialization()
         # Every task draws its mini-batches with the same fixed seed, as it would alone.
         seeds = tf.constant([sig.SERVING_BATCH_SEED], tf.int64)
-        model = self._model
-        adapted = adapt_tasks(
-            model, self._optimizer, weights, state, support_x, support_y, lr, steps, batch, seeds
+        return adapt_from(
+            self._model,
+            self._optimizer,
+            weights,
+            state,
+            support_x,
+            support_y,
+            inputs[sig.LEARNING_RATE],
+            inputs[sig.INNER_STEPS],
+            inputs[sig.INNER_BATCH_SIZE],
+            seeds,
         )
+
+    def _predict(self, adapted, support_x, query_x, inputs) -> dict:
+        """A task's outputs from its adapted weights; `support_x` is read by the
+        non-transductive answer of a model with BatchNorm."""
+        model = self._model
         if model.regression or not model.uses_batch_statistics:
-            return predict_tasks(model, adapted, support_x, query_x, True)
-        return tf.cond(
-            transductive,
+            return self._outputs(predict_tasks(model, adapted, support_x, query_x, True))
+        return self._outputs(tf.cond(
+            inputs[sig.TRANSDUCTIVE],
             lambda: predict_tasks(model, adapted, support_x, query_x, True),
             lambda: predict_tasks(model, adapted, support_x, query_x, False),
-        )
+        ))  # fmt: skip
 
     def _outputs(self, outputs: tf.Tensor) -> dict:
         if self._model.regression:
@@ -155,85 +130,178 @@ class ServingModule(tf.Module):
             sig.CLASSES: tf.argmax(outputs, axis=-1, output_type=sig.OUTPUT_DTYPES[sig.CLASSES]),
         }
 
-    def _build_signatures(self) -> dict:
-        specs = {name: [i.tensor_spec() for i in s.inputs] for name, s in self.specs.items()}
-        p = self.protocol
-        steps = tf.constant(p.eval_iters, tf.int32)
-        batch = tf.constant(p.eval_batch, tf.int32)
-        lr = tf.constant(p.learning_rate, tf.float32)
-        transductive = tf.constant(p.transductive)
+    # The signatures' bodies: inputs keyed by the contract, each `[T, ...]` (scalars as sent).
 
-        def one_task(outputs):
-            return {k: v[0] for k, v in outputs.items()}
+    def _per_task(self, fn, tensors: tuple, outputs: tuple[str, ...]) -> dict:
+        """`fn`'s outputs on each task of `tensors` (each `[T, ...]`) run as a stack of one.
 
-        def run(support_x, support_y, query_x, steps, batch, lr, transductive, tasks):
-            if not tasks:
-                support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
-            outputs = self._adapt_and_predict(
-                support_x, support_y, query_x, steps, batch, lr, transductive
-            )
-            return outputs if tasks else one_task(outputs)
+        A task count known only at run time maps the tasks: each adapts as a stack of one, so its
+        answer is the one it gets alone; the executor runs tasks side by side. Its outputs are
+        derived task by task too: Eigen's softmax rounds an element differently depending on
+        where it falls in the whole tensor (vectorised or scalar exp).
+        """
+        if tensors[0].shape[0] == 1:
+            return fn(*tensors)
 
-        def default(x):
-            weights, _ = self._initialization(1)
-            return one_task(self._outputs(self._model(weights, x[None])))
+        def task(parts):
+            return {k: v[0] for k, v in fn(*(part[None] for part in parts)).items()}
 
-        # Argument names are the inputs' keys; a tensor default makes the input optional (a
-        # PlaceholderWithDefault in the graph, a default in the SignatureDef).
-        if self._model.regression:
-
-            @tf.function(input_signature=specs[sig.SERVING_DEFAULT])
-            def serving_default(inputs):
-                return default(inputs)
-
-            def adapt(tasks):
-                def fn(
-                    support_inputs,
-                    support_targets,
-                    query_inputs,
-                    inner_steps=steps,
-                    inner_batch_size=batch,
-                    learning_rate=lr,
-                ):
-                    return run(
-                        support_inputs, support_targets, query_inputs, inner_steps,
-                        inner_batch_size, learning_rate, False, tasks,
-                    )  # fmt: skip
-
-                return fn
-
-        else:
-
-            @tf.function(input_signature=specs[sig.SERVING_DEFAULT])
-            def serving_default(images):
-                return default(images)
-
-            def adapt(tasks):
-                def fn(
-                    support_images,
-                    support_labels,
-                    query_images,
-                    inner_steps=steps,
-                    inner_batch_size=batch,
-                    learning_rate=lr,
-                    transductive=transductive,
-                ):
-                    return run(
-                        support_images, support_labels, query_images, inner_steps,
-                        inner_batch_size, learning_rate, transductive, tasks,
-                    )  # fmt: skip
-
-                return fn
-
-        adapt_and_predict = tf.function(adapt(False), input_signature=specs[sig.ADAPT_AND_PREDICT])
-        adapt_and_predict_tasks = tf.function(
-            adapt(True), input_signature=specs[sig.ADAPT_AND_PREDICT_TASKS]
+        return tf.map_fn(
+            task,
+            tensors,
+            fn_output_signature={k: sig.OUTPUT_DTYPES[k] for k in outputs},
+            parallel_iterations=_PARALLEL_TASKS,
         )
-        return {
-            sig.SERVING_DEFAULT: serving_default,
-            sig.ADAPT_AND_PREDICT: adapt_and_predict,
-            sig.ADAPT_AND_PREDICT_TASKS: adapt_and_predict_tasks,
+
+    def _serving_default(self, inputs: dict) -> dict:
+        weights, _ = self._initialization()
+        x = inputs[sig.INPUTS if self._model.regression else sig.IMAGES]
+        return self._outputs(self._model(stack(weights, 1), x))
+
+    def _adapt_and_predict(self, inputs: dict) -> dict:
+        k = self._keys
+
+        def one(support_x, support_y, query_x):
+            adapted = self._adapt(support_x, support_y, inputs)
+            return self._predict(adapted, support_x, query_x, inputs)
+
+        with tf.control_dependencies(self._checks(inputs)):
+            tensors = (inputs[k.support], inputs[k.targets], inputs[k.query])
+            return self._per_task(one, tensors, self.specs[sig.ADAPT_AND_PREDICT].outputs)
+
+    def _adapt_only(self, inputs: dict) -> dict:
+        def one(support_x, support_y):
+            return {sig.ADAPTED_WEIGHTS: flatten_weights(self._adapt(support_x, support_y, inputs))}
+
+        with tf.control_dependencies(self._checks(inputs)):
+            tensors = (inputs[self._keys.support], inputs[self._keys.targets])
+            return self._per_task(one, tensors, (sig.ADAPTED_WEIGHTS,))
+
+    def _predict_adapted(self, inputs: dict) -> dict:
+        k, shapes = self._keys, self._model.weight_shapes
+
+        def one(flat, query_x, support_x=None):
+            return self._predict(unflatten_weights(flat, shapes), support_x, query_x, inputs)
+
+        with tf.control_dependencies(self._checks(inputs)):
+            tensors = (inputs[sig.ADAPTED_WEIGHTS], inputs[k.query])
+            if k.support in inputs:
+                tensors += (inputs[k.support],)
+            return self._per_task(one, tensors, self.specs[sig.PREDICT_ADAPTED].outputs)
+
+    def _checks(self, inputs: dict) -> list:
+        """In-graph checks of a request (`tf.debugging` assertions, so TensorFlow Serving reports
+        them too) on whichever of the contract's inputs it has."""
+        k = self._keys
+        support, targets, query, adapted = (
+            inputs.get(key) for key in (k.support, k.targets, k.query, sig.ADAPTED_WEIGHTS)
+        )
+        tasks = support if support is not None else adapted
+        checks = [tf.debugging.assert_greater(tf.shape(tasks)[0], 0, message="no task was sent")]
+        if support is not None:
+            checks.append(tf.debugging.assert_greater(
+                tf.shape(support)[1], 0, message="the support set is empty"
+            ))  # fmt: skip
+        if targets is not None:
+            checks.append(tf.debugging.assert_equal(
+                tf.shape(support)[:2],
+                tf.shape(targets)[:2],
+                message="support inputs and their labels/targets differ in count",
+            ))  # fmt: skip
+        if support is not None and query is not None:
+            checks.append(tf.debugging.assert_equal(
+                tf.shape(support)[0],
+                tf.shape(query)[0],
+                message="support and query task counts differ",
+            ))  # fmt: skip
+        if adapted is not None:
+            size = self._model.num_weights
+            checks += [
+                tf.debugging.assert_equal(
+                    tf.shape(adapted)[1],
+                    size,
+                    message=f"{sig.ADAPTED_WEIGHTS} must hold {size} values per task",
+                ),
+                tf.debugging.assert_equal(
+                    tf.shape(adapted)[0],
+                    tf.shape(query)[0],
+                    message=f"{sig.ADAPTED_WEIGHTS} and query task counts differ",
+                ),
+            ]
+        if sig.INNER_STEPS in inputs:
+            checks += [
+                tf.debugging.assert_non_negative(
+                    inputs[sig.INNER_STEPS], message="inner_steps must be >= 0"
+                ),
+                tf.debugging.assert_positive(
+                    inputs[sig.INNER_BATCH_SIZE], message="inner_batch_size must be >= 1"
+                ),
+                tf.debugging.assert_all_finite(
+                    inputs[sig.LEARNING_RATE], message="learning_rate must be finite"
+                ),
+            ]
+        if targets is not None and not self._model.regression:
+            checks += [
+                tf.debugging.assert_non_negative(targets, message="labels must be >= 0"),
+                tf.debugging.assert_less(
+                    targets, self.ways, message=f"labels must be < {self.ways}"
+                ),
+            ]
+        return checks
+
+    def _build_signatures(self) -> dict:
+        p = self.protocol
+        defaults = {
+            sig.INNER_STEPS: tf.constant(p.eval_iters, tf.int32),
+            sig.INNER_BATCH_SIZE: tf.constant(p.eval_batch, tf.int32),
+            sig.LEARNING_RATE: tf.constant(p.learning_rate, tf.float32),
+            sig.TRANSDUCTIVE: tf.constant(p.transductive),
         }
+        bodies = {
+            sig.SERVING_DEFAULT: self._serving_default,
+            sig.ADAPT_AND_PREDICT: self._adapt_and_predict,
+            sig.ADAPT: self._adapt_only,
+            sig.PREDICT_ADAPTED: self._predict_adapted,
+        }
+        for single, multi in sig.MULTI_TASK.items():
+            bodies[multi] = bodies[single]
+        return {
+            name: _signature_function(spec, defaults, bodies[name])
+            for name, spec in self.specs.items()
+        }
+
+
+def _signature_function(spec: sig.SignatureSpec, defaults: dict, body) -> tf.function:
+    """The `tf.function` of signature `spec`: its arguments are the spec's input keys, an
+    optional one defaulting to its tensor in `defaults` (a `PlaceholderWithDefault` in the
+    graph, a default in the SignatureDef); it returns `body(inputs)`.
+
+    `body` takes and returns tensors with a leading task axis; a single-task signature's inputs
+    (all but its scalars) get one of length 1, and its outputs lose it.
+    """
+    parameters = [
+        inspect.Parameter(
+            i.key,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=defaults[i.key] if i.optional else inspect.Parameter.empty,
+        )
+        for i in spec.inputs
+    ]
+    signature = inspect.Signature(parameters)
+    tasks = spec.name in sig.TASK_SIGNATURES
+
+    def fn(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        inputs = dict(bound.arguments)
+        if tasks:
+            return body(inputs)
+        stacked = {k: v if spec.input(k).shape == () else v[None] for k, v in inputs.items()}
+        return {k: v[0] for k, v in body(stacked).items()}
+
+    fn.__signature__ = signature
+    fn.__name__ = spec.name
+    return tf.function(fn, input_signature=[i.tensor_spec() for i in spec.inputs])
 
 
 def _versions(base_dir: str) -> list[int]:
@@ -249,20 +317,26 @@ def next_version(base_dir: str) -> int:
 
 
 def warmup_arrays(spec: sig.SignatureSpec, input_shape, ways: int, seed: int = 0) -> dict:
-    """A valid request's required inputs for `spec`: one example per class (two tasks of them
-    for the multi-task signature)."""
+    """A valid request's required inputs for `spec`: one example per class (values 0 or 1) and
+    constant adapted weights (two tasks of them for a multi-task signature)."""
     rng = np.random.default_rng(seed)
     arrays = {}
     for inp in spec.inputs:
         if inp.optional:
             continue
         lead = (2,) if inp.tasks else ()
-        if inp.dtype == tf.int32:
+        if inp.key == sig.ADAPTED_WEIGHTS:
+            if inp.shape[-1] is None:
+                raise ValueError(
+                    f"Warmup needs the length of {sig.ADAPTED_WEIGHTS}. Received: shape={inp.shape}"
+                )
+            value = np.full(lead + (inp.shape[-1],), WARMUP_WEIGHT)
+        elif inp.dtype == tf.int32:
             value = np.broadcast_to(np.arange(ways, dtype=np.int32), lead + (ways,))
         elif inp.key == sig.SUPPORT_TARGETS:
             value = rng.normal(size=lead + (ways, 1))
-        else:
-            value = rng.random(lead + (ways, *input_shape))
+        else:  # 0 or 1 in each value, as Omniglot's strokes: the warmup file compresses well
+            value = rng.integers(0, 2, lead + (ways, *input_shape))
         arrays[inp.key] = np.ascontiguousarray(value, inp.dtype.as_numpy_dtype)
     return arrays
 
@@ -276,7 +350,11 @@ def _warmup_records(module: ServingModule, model_name: str) -> list[bytes]:
             model_spec=model_pb2.ModelSpec(name=model_name, signature_name=name)
         )
         for key, value in warmup_arrays(spec, module._model.input_shape, module.ways).items():
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            if key == sig.ADAPTED_WEIGHTS:  # one value, repeated by TensorFlow to the shape
+                proto = tf.make_tensor_proto(value.flat[0], tf.float32, value.shape)
+            else:
+                proto = tf.make_tensor_proto(value)
+            request.inputs[key].CopyFrom(proto)
         log = prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)
         )
@@ -284,11 +362,28 @@ def _warmup_records(module: ServingModule, model_name: str) -> list[bytes]:
     return records
 
 
-def export_saved_model(module: ServingModule, base_dir: str, card: ModelCard) -> str:
-    """Writes `module` to `base_dir/<next version>/` atomically and returns that path.
+def export_saved_model(
+    module: ServingModule,
+    base_dir: str,
+    card: ModelCard,
+    *,
+    version: int | None = None,
+    verify: Callable[[str], None] | None = None,
+) -> str:
+    """Writes `module` to `base_dir/<version>/` atomically and returns that path.
 
-    The export is written beside the versions under a hidden name, checked by reloading it, and
-    only then renamed into place, so a half-written or broken export never appears as a version.
+    The export is written beside the versions under a hidden name, checked by reloading it (and
+    by `verify`, called with its path), and only then renamed into place, so a half-written or
+    broken export never appears as a version.
+
+    Args:
+        module: ServingModule. What to export.
+        base_dir: str. The model's base folder.
+        card: ModelCard. Its card (`package_version` is set to this package's).
+        version: int or None. None: the next version. An existing version is replaced: it is
+            moved aside under a hidden name, the new one renamed into place, the old one deleted.
+        verify: optional function of the written folder's path that raises if it is not fit to
+            become the version.
     """
     card = dataclasses.replace(card, package_version=__version__)
     os.makedirs(base_dir, exist_ok=True)
@@ -308,13 +403,32 @@ def export_saved_model(module: ServingModule, base_dir: str, card: ModelCard) ->
             raise RuntimeError(f"Export check failed: signatures {sorted(missing)} are missing.")
         if ModelCard.read(tmp) != card:
             raise RuntimeError("Export check failed: the model card does not read back as written.")
-        version = next_version(base_dir)
-        final = os.path.join(base_dir, str(version))
-        os.rename(tmp, final)
+        if verify is not None:
+            verify(tmp)
+        final = os.path.join(base_dir, str(next_version(base_dir) if version is None else version))
+        _move_into_place(tmp, final)
         return final
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _move_into_place(src: str, final: str) -> None:
+    """Renames `src` to `final`, replacing (then deleting) a folder already there."""
+    if not os.path.exists(final):
+        os.rename(src, final)
+        return
+    old = tempfile.mkdtemp(prefix=".replaced-", dir=os.path.dirname(final))
+    aside = os.path.join(old, os.path.basename(final))
+    os.rename(final, aside)
+    try:
+        os.rename(src, final)
+    except BaseException:
+        os.rename(aside, final)
+        raise
+    finally:
+        if not os.path.exists(aside) or os.path.exists(final):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclasses.dataclass(frozen=True)

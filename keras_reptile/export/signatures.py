@@ -12,7 +12,20 @@ import tensorflow as tf
 SERVING_DEFAULT = "serving_default"
 ADAPT_AND_PREDICT = "adapt_and_predict"
 ADAPT_AND_PREDICT_TASKS = "adapt_and_predict_tasks"  # the same with a leading task axis
-SIGNATURES = (SERVING_DEFAULT, ADAPT_AND_PREDICT, ADAPT_AND_PREDICT_TASKS)
+# The same work in two calls: the support set to adapted weights, then those weights to answers.
+ADAPT = "adapt"
+PREDICT_ADAPTED = "predict_adapted"
+ADAPT_TASKS = "adapt_tasks"
+PREDICT_ADAPTED_TASKS = "predict_adapted_tasks"
+SPLIT_SIGNATURES = (ADAPT, PREDICT_ADAPTED, ADAPT_TASKS, PREDICT_ADAPTED_TASKS)
+SIGNATURES = (SERVING_DEFAULT, ADAPT_AND_PREDICT, ADAPT_AND_PREDICT_TASKS, *SPLIT_SIGNATURES)
+# Each single-task signature's form with a leading task axis.
+MULTI_TASK = {
+    ADAPT_AND_PREDICT: ADAPT_AND_PREDICT_TASKS,
+    ADAPT: ADAPT_TASKS,
+    PREDICT_ADAPTED: PREDICT_ADAPTED_TASKS,
+}
+TASK_SIGNATURES = tuple(MULTI_TASK.values())  # inputs `[T, ...]`, outputs `[T, ...]`
 
 # Classification keys.
 IMAGES = "images"
@@ -28,6 +41,9 @@ SUPPORT_INPUTS = "support_inputs"
 SUPPORT_TARGETS = "support_targets"
 QUERY_INPUTS = "query_inputs"
 PREDICTIONS = "predictions"
+# Output of `adapt`, input of `predict_adapted`: a task's adapted weights, every trainable weight
+# of the model flattened in order and concatenated (`StackedModel.num_weights` values).
+ADAPTED_WEIGHTS = "adapted_weights"
 # Optional scalar inputs of the adapt signatures (defaults: the card's default protocol).
 INNER_STEPS = "inner_steps"
 INNER_BATCH_SIZE = "inner_batch_size"
@@ -44,6 +60,7 @@ OUTPUT_DTYPES = {
     PROBABILITIES: tf.float32,
     CLASSES: tf.int64,
     PREDICTIONS: tf.float32,
+    ADAPTED_WEIGHTS: tf.float32,
 }
 
 CARD_FILE = "model_card.json"
@@ -72,46 +89,71 @@ class SignatureSpec:
         return {i.key: i for i in self.inputs}[key]
 
 
-def signature_specs(input_shape: tuple[int, ...], regression: bool) -> dict[str, SignatureSpec]:
-    """The signatures of a model whose single example has shape `input_shape`."""
+@dataclasses.dataclass(frozen=True)
+class TaskKeys:
+    """The keys of a task's support examples, their labels or targets, and its queries."""
+
+    support: str
+    targets: str
+    query: str
+
+
+CLASSIFICATION_KEYS = TaskKeys(SUPPORT_IMAGES, SUPPORT_LABELS, QUERY_IMAGES)
+REGRESSION_KEYS = TaskKeys(SUPPORT_INPUTS, SUPPORT_TARGETS, QUERY_INPUTS)
+
+
+def task_keys(regression: bool) -> TaskKeys:
+    return REGRESSION_KEYS if regression else CLASSIFICATION_KEYS
+
+
+def signature_specs(
+    input_shape: tuple[int, ...], regression: bool, num_weights: int | None = None
+) -> dict[str, SignatureSpec]:
+    """The signatures of a model whose single example has shape `input_shape`.
+
+    Args:
+        input_shape: tuple of int. One example's shape.
+        regression: bool. Regression keys and outputs, else classification's.
+        num_weights: int or None. The length of `adapted_weights` (None: any length).
+    """
     example = (None, *input_shape)
+    keys = task_keys(regression)
     if regression:
-        keys, targets = (SUPPORT_INPUTS, SUPPORT_TARGETS, QUERY_INPUTS), (tf.float32, (None, 1))
+        targets = (tf.float32, (None, 1))
         default = SignatureSpec(
             SERVING_DEFAULT, (InputSpec(INPUTS, tf.float32, example),), (PREDICTIONS,)
         )
         outputs = (PREDICTIONS,)
     else:
-        keys, targets = (SUPPORT_IMAGES, SUPPORT_LABELS, QUERY_IMAGES), (tf.int32, (None,))
+        targets = (tf.int32, (None,))
         default = SignatureSpec(
             SERVING_DEFAULT,
             (InputSpec(IMAGES, tf.float32, example),),
             (LOGITS, PROBABILITIES, CLASSES),
         )
         outputs = (LOGITS, PROBABILITIES, CLASSES)
-    scalars = (
+    adaptation = (
         InputSpec(INNER_STEPS, tf.int32, (), optional=True),
         InputSpec(INNER_BATCH_SIZE, tf.int32, (), optional=True),
         InputSpec(LEARNING_RATE, tf.float32, (), optional=True),
     )
-    if not regression:
-        scalars += (InputSpec(TRANSDUCTIVE, tf.bool, (), optional=True),)
+    answer = () if regression else (InputSpec(TRANSDUCTIVE, tf.bool, (), optional=True),)
 
-    def adapt(name: str, tasks: bool) -> SignatureSpec:
+    def spec(name: str) -> SignatureSpec:
+        tasks = name in TASK_SIGNATURES
         lead = (None,) if tasks else ()
-        return SignatureSpec(
-            name,
-            (
-                InputSpec(keys[0], tf.float32, lead + example, tasks=tasks),
-                InputSpec(keys[1], targets[0], lead + targets[1], tasks=tasks),
-                InputSpec(keys[2], tf.float32, lead + example, tasks=tasks),
-                *scalars,
-            ),
-            outputs,
+        support = (
+            InputSpec(keys.support, tf.float32, lead + example, tasks=tasks),
+            InputSpec(keys.targets, targets[0], lead + targets[1], tasks=tasks),
         )
+        query = InputSpec(keys.query, tf.float32, lead + example, tasks=tasks)
+        weights = InputSpec(ADAPTED_WEIGHTS, tf.float32, lead + (num_weights,), tasks=tasks)
+        if name in (ADAPT_AND_PREDICT, ADAPT_AND_PREDICT_TASKS):
+            return SignatureSpec(name, (*support, query, *adaptation, *answer), outputs)
+        if name in (ADAPT, ADAPT_TASKS):
+            return SignatureSpec(name, (*support, *adaptation), (ADAPTED_WEIGHTS,))
+        # The non-transductive answer normalises each query with the support set (BatchNorm).
+        support_examples = () if regression else support[:1]
+        return SignatureSpec(name, (weights, *support_examples, query, *answer), outputs)
 
-    return {
-        SERVING_DEFAULT: default,
-        ADAPT_AND_PREDICT: adapt(ADAPT_AND_PREDICT, tasks=False),
-        ADAPT_AND_PREDICT_TASKS: adapt(ADAPT_AND_PREDICT_TASKS, tasks=True),
-    }
+    return {SERVING_DEFAULT: default, **{name: spec(name) for name in SIGNATURES[1:]}}

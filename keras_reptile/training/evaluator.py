@@ -11,11 +11,9 @@ import tensorflow as tf
 from keras_reptile.algorithms import (
     InnerOptimizer,
     StackedModel,
-    adapt_tasks,
+    adapt_from,
     group_sizes,
     predict_tasks,
-    stack,
-    stack_state,
 )
 from keras_reptile.config import Protocol
 from keras_reptile.data.streams import task_seeds
@@ -117,12 +115,11 @@ class Evaluator:
         outputs = []
         for sx, sy, qx, seeds in groups:
             sx, sy, qx = (_as_served(t) for t in (sx, sy, qx))
-            size = sx.shape[0] or tf.shape(sx)[0]
-            adapted = adapt_tasks(
+            adapted = adapt_from(
                 self.model,
                 self.optimizer,
-                stack(weights, size),
-                stack_state(state, size),
+                weights,
+                state,
                 sx,
                 sy,
                 _as_served(tf.constant(p.learning_rate, tf.float32)),

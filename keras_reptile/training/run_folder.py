@@ -6,6 +6,7 @@ and written.
 | `recipe.json` | the training recipe (a resumed run must share its identity fields) |
 | `run.json` | `RunInfo`: the model's name, default protocol, input shape and where its data is |
 | `warm_start.json` | the export the run started from, if any |
+| `model.json` | the Keras config of a model given as a `keras.Model` (not a registry name) |
 | `eval_results.json`, `periodic_results.json` | the measurements (final, and while training) |
 | `checkpoints/` | the chief's checkpoints; other workers save to `scratch_<type>_<id>/` |
 | `train/`, `eval/` | TensorBoard scalars |
@@ -18,7 +19,7 @@ import json
 import os
 from typing import Any
 
-from keras_reptile.config import Protocol, Recipe
+from keras_reptile.config import Protocol, Recipe, identity_difference
 from keras_reptile.export.model_card import Measurement, WarmStart
 from keras_reptile.training.results import (
     PERIODIC_RESULTS_FILE,
@@ -31,6 +32,7 @@ from keras_reptile.training.results import (
 RECIPE_FILE = "recipe.json"
 RUN_FILE = "run.json"
 WARM_START_FILE = "warm_start.json"
+MODEL_FILE = "model.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +105,21 @@ class RunFolder:
         """The recorded recipe, or None for a new run."""
         return self._read(RECIPE_FILE, Recipe.from_dict)
 
+    def check_recipe(self, recipe: Recipe) -> bool:
+        """Refuses `recipe` if the folder holds a run of another identity; returns whether the
+        folder holds a recipe already."""
+        saved = self.recipe()
+        if saved is None:
+            return False
+        key = identity_difference(saved, recipe)
+        if key is not None:
+            raise ValueError(
+                f"{self.path} holds a run with {key}={getattr(saved, key)!r}; resuming it with a "
+                f"different value is not possible. Use another --model_dir. "
+                f"Received: {key}={getattr(recipe, key)!r}"
+            )
+        return True
+
     def write_recipe(self, recipe: Recipe) -> None:
         os.makedirs(self.path, exist_ok=True)
         write_json(self.file(RECIPE_FILE), recipe.to_dict())
@@ -121,6 +138,14 @@ class RunFolder:
 
     def write_warm_start(self, warm_start: WarmStart) -> None:
         write_json(self.file(WARM_START_FILE), dataclasses.asdict(warm_start))
+
+    def keras_config(self) -> dict | None:
+        """The Keras config (`model.to_json()`) of the run's own model, if it was given one."""
+        return self._read(MODEL_FILE, dict)
+
+    def write_keras_config(self, config: dict) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        write_json(self.file(MODEL_FILE), config)
 
     def results(self, periodic: bool = False) -> list[Measurement]:
         """Every measurement recorded: the final evaluations, or the periodic ones."""

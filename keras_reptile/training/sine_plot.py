@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_reptile.algorithms import adapt_tasks, stack, stack_state  # noqa: E402
+from keras_reptile.algorithms import adapt_from  # noqa: E402
 from keras_reptile.data.streams import task_seeds  # noqa: E402
 
 
@@ -35,11 +35,11 @@ def plot_sine_adaptation(model, optimizer, panels: dict, tasks, protocol, *, key
     for ax, (title, (weights, state)) in zip(np.atleast_1d(axes), panels.items()):
         ax.plot(grid, amplitude * np.sin(grid + phase), "k-", lw=2, label="true")
         for k, style in ((0, ":"), (1, "--"), (steps, "-")):
-            adapted = adapt_tasks(
+            adapted = adapt_from(
                 model,
                 optimizer,
-                stack(weights, 1),
-                stack_state(state, 1),
+                weights,
+                state,
                 task.support_x[None],
                 task.support_y[None],
                 protocol.learning_rate,

@@ -7,11 +7,12 @@ import logging
 import sys
 import time
 
+import keras
 import tensorflow as tf
 from tqdm import tqdm
 
 from keras_reptile.algorithms import InnerOptimizer
-from keras_reptile.config import IDENTITY_FIELDS, Recipe
+from keras_reptile.config import Recipe, identity_difference
 from keras_reptile.data.streams import Stream, stream_key
 from keras_reptile.export.model_card import WarmStart
 from keras_reptile.training.meta_step import MetaStep
@@ -96,13 +97,12 @@ class MetaTrainer:
                 flush=True,
             )
             return step
-        for key in IDENTITY_FIELDS:
-            saved, mine = getattr(source.card.recipe, key), getattr(self.recipe, key)
-            if saved != mine:
-                raise ValueError(
-                    f"{source.path} was trained with {key}={saved!r}; this run cannot start "
-                    f"from it. Received: {key}={mine!r}"
-                )
+        key = identity_difference(source.card.recipe, self.recipe)
+        if key is not None:
+            raise ValueError(
+                f"{source.path} was trained with {key}={getattr(source.card.recipe, key)!r}; "
+                f"this run cannot start from it. Received: {key}={getattr(self.recipe, key)!r}"
+            )
         shapes = [tuple(w.shape) for w in self.state.weights]
         received = [tuple(w.shape) for w in source.weights]
         if received != shapes:
@@ -136,21 +136,23 @@ class MetaTrainer:
 
     def _check_recipe(self) -> None:
         """Refuses to resume a run whose identity fields differ; records the recipe of a new one."""
-        saved = self.folder.recipe()
-        if saved is not None:
-            for key in IDENTITY_FIELDS:
-                if getattr(saved, key) != getattr(self.recipe, key):
-                    raise ValueError(
-                        f"{self.model_dir} holds a run with {key}={getattr(saved, key)!r}; "
-                        "resuming it with a different value is not possible. Use another "
-                        f"--model_dir. Received: {key}={getattr(self.recipe, key)!r}"
-                    )
-        elif is_chief(self.strategy):
+        if not self.folder.check_recipe(self.recipe) and is_chief(self.strategy):
             self.folder.write_recipe(self.recipe)
 
-    def train(self, num_iterations: int | None = None) -> int:
+    def epoch_length(self) -> int:
+        """Meta-iterations per Keras epoch: one periodic evaluation's interval (or, without
+        periodic evaluation, one checkpoint's), so epoch logs carry its results."""
+        return self.recipe.eval_interval or self.recipe.checkpoint_interval
+
+    def train(self, num_iterations: int | None = None, callbacks=None) -> int:
         """Meta-trains up to `recipe.meta_iters`, or `num_iterations` more meta-iterations if
         given (never past `meta_iters`), resuming from the latest checkpoint.
+
+        `callbacks` (a `keras.callbacks.CallbackList` set to the Keras model) hears each
+        compiled call as a batch (logs: `loss`, `meta_step_size`) and each `epoch_length()`
+        meta-iterations as an epoch (logs add `val_<split>_<answer>[_accuracy]` when periodic
+        evaluation runs); before an epoch's end the Keras model holds the current initialization,
+        and a callback setting `model.stop_training` ends the run there, checkpointed.
 
         Returns the final step. A finished run is not retrained.
         """
@@ -187,42 +189,78 @@ class MetaTrainer:
         step = start
         if step == 0 and r.eval_interval and self.periodic_eval:
             self._periodic_eval(step, writer, bar)  # the curves start at the initialization
-        rate = _SteadyRate()
+        epoch_length = self.epoch_length()
+        boundaries.append(epoch_length)
+        callbacks = callbacks if callbacks is not None else keras.callbacks.CallbackList()
+        callbacks.on_train_begin()
+        rate, batch, epoch_logs = _SteadyRate(), 0, {}
         while step < target:
+            if step % epoch_length == 0 or not batch:
+                callbacks.on_epoch_begin(step // epoch_length)
             stop = min(target, *[(step // b + 1) * b for b in boundaries])
+            callbacks.on_train_batch_begin(batch)
             began = time.perf_counter()
             loss, eps = (float(t) for t in train_loop(tf.constant(stop - step)))
             rate.add(stop - step, time.perf_counter() - began)
             step = stop
+            epoch_logs = {"loss": loss, "meta_step_size": eps}
+            callbacks.on_train_batch_end(batch, dict(epoch_logs))
+            batch += 1
             bar.update(stop - bar.n)
             bar.set_postfix_str(
                 f"loss={loss:.4f}, eps={eps:.3f}, {rate.describe(target - step)}", refresh=False
             )
             writer.write(step, {"meta_training_loss": loss, "meta_step_size": eps})
             if r.eval_interval and step % r.eval_interval == 0 and self.periodic_eval:
-                self._periodic_eval(step, writer, bar)
-            if step % r.checkpoint_interval == 0 or step == target:
+                epoch_logs.update(self._periodic_eval(step, writer, bar))
+            stopping = False
+            if step % epoch_length == 0 or step == target:
+                self._show_keras_model()
+                callbacks.on_epoch_end((step - 1) // epoch_length, dict(epoch_logs))
+                stopping = bool(getattr(getattr(callbacks, "model", None), "stop_training", False))
+            if step % r.checkpoint_interval == 0 or step == target or stopping:
                 self.manager.save(checkpoint_number=step)
+            if stopping:
+                bar.write(f"A callback stopped training at step {step}.")
+                break
         bar.close()
+        callbacks.on_train_end(dict(epoch_logs))
         return step
 
-    def _periodic_eval(self, step: int, writer, bar) -> None:
-        """Scores `eval_interval_samples` tasks per split (the same tasks every time) and records
-        them in TensorBoard and the run folder's `periodic_results.json`."""
+    def _show_keras_model(self) -> None:
+        """Copies the current initialization into the Keras model's variables, where Keras
+        callbacks (checkpoints, EarlyStopping's best weights) read it."""
+        for variable, value in zip(self.model.model.trainable_variables, self.state.weights):
+            variable.assign(value)
+
+    def _periodic_eval(self, step: int, writer, bar) -> dict[str, float]:
+        """Scores `eval_interval_samples` tasks per split (the same tasks every time), records
+        them in TensorBoard and the run folder's `periodic_results.json`; returns them as Keras
+        validation logs."""
         r = self.recipe
         evaluator, splits = self.periodic_eval
         weights, state = self.state.read_weights(), self.state.optimizer_state()
         protocol = evaluator.protocol.replace(eval_samples=r.eval_interval_samples)
-        parts, measured = [], []
+        parts, measured, logs = [], [], {}
         for split, tasks in splits.items():
             key = stream_key(r.seed, Stream.PERIODIC_EVALUATION, split)
             results = evaluator.evaluate(tasks, weights, state, r.eval_interval_samples, key)
             writer.write(step, {f"eval/{split}/{a}": res.mean for a, res in results.items()})
+            logs.update({validation_log_key(split, a, res): res.mean for a, res in results.items()})
             parts.append(f"{split}: " + ", ".join(f"{a} {res}" for a, res in results.items()))
             measured += measurements(split, protocol, results, step)
         if is_chief(self.strategy):
             self.folder.record(measured, periodic=True)
         bar.write(f"step {step}: " + "; ".join(parts))
+        return logs
+
+
+def validation_log_key(split: str, answer: str, result) -> str:
+    """The Keras log name of a periodic result: `val_test_transductive_accuracy`, `val_test_mse`
+    (the metric last, so EarlyStopping's `mode="auto"` knows which way is better)."""
+    if answer == result.metric:
+        return f"val_{split}_{answer}"
+    return f"val_{split}_{answer}_{result.metric}"
 
 
 class _SteadyRate:

@@ -10,6 +10,7 @@ from keras_reptile.algorithms import (
     StackedModel,
     adapt_tasks,
     batch_norm,
+    flatten_weights,
     group_sizes,
     predict_tasks,
     stack,
@@ -17,6 +18,7 @@ from keras_reptile.algorithms import (
     stack_state,
     task_batches,
     task_update,
+    unflatten_weights,
 )
 from keras_reptile.models import build_model
 from tests import oracle
@@ -229,6 +231,20 @@ def test_a_branching_model_is_refused():
 def test_group_sizes(tasks, groups, sizes):
     assert sorted(group_sizes(tasks, groups)) == sizes
     assert sum(group_sizes(tasks, groups)) == tasks
+
+
+def test_flat_weights_hold_each_task_s_values_in_order_and_unflatten_exactly():
+    model = StackedModel(build_model("sine_mlp", 1, (1,)), regression=True)
+    weights = perturbed(model)
+    flat = flatten_weights(weights)
+    assert flat.shape == (T, model.num_weights) and model.num_weights == 4353
+    for t in range(T):
+        by_hand = np.concatenate([w[t].numpy().ravel() for w in weights])
+        np.testing.assert_array_equal(flat[t], by_hand)
+    for back, w in zip(unflatten_weights(flat, model.weight_shapes), weights):
+        np.testing.assert_array_equal(back, w)
+    with pytest.raises(ValueError, match="Expected 4353 weight values per task"):
+        unflatten_weights(flat[:, 1:], model.weight_shapes)
 
 
 def test_batch_norm_and_its_gradient_by_hand():

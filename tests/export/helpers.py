@@ -10,7 +10,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from keras_reptile.config import Protocol, Recipe
-from keras_reptile.export.model_card import ModelCard
+from keras_reptile.export.model_card import Measurement, ModelCard
 from keras_reptile.export.saved_model import ServingModule
 from keras_reptile.run import build_stacked_model
 from keras_reptile.training.trainer import inner_optimizer
@@ -23,7 +23,15 @@ OMNI_RECIPE = Recipe(
     learning_rate=0.001,
 )  # fmt: skip
 SINE_RECIPE = Recipe()
-SHAPES = {"omniglot": (28, 28, 1), "sine": (1,)}
+MINI_RECIPE = Recipe(
+    dataset="miniimagenet", model="miniimagenet_cnn", classes=5, train_shots=15, sgd=False,
+    learning_rate=0.001,
+)  # fmt: skip
+SHAPES = {"omniglot": (28, 28, 1), "sine": (1,), "miniimagenet": (84, 84, 3)}
+# The shared export's protocol (conftest.py's `exported`).
+WAYS, SHOTS, STEPS, LR, BATCH = 5, 2, 6, 0.01, 5
+PROTOCOL = Protocol(shots=SHOTS, eval_iters=STEPS, eval_batch=BATCH, learning_rate=LR)
+RESULT = Measurement("test", PROTOCOL, "accuracy", 0.5, 0.1, 10, 0)
 
 
 def meta_graph(path):
@@ -103,3 +111,12 @@ class LoadedWithDefaults:
 
 def _call(fn, defaults, **inputs):
     return fn(**{**defaults, **inputs})
+
+
+def task(seed=0):
+    """A 5-way task of random images: support, labels, queries."""
+    rng = np.random.default_rng(seed)
+    support = rng.random((WAYS * SHOTS, 28, 28, 1), dtype=np.float32)
+    labels = np.repeat(np.arange(WAYS, dtype=np.int32), SHOTS)
+    query = rng.random((WAYS, 28, 28, 1), dtype=np.float32)
+    return support, labels, query

@@ -14,49 +14,27 @@ import tensorflow as tf
 from keras_reptile.algorithms import AdamState
 from keras_reptile.config import Protocol
 from keras_reptile.export import signatures as sig
-from keras_reptile.export.model_card import Measurement, ModelCard
+from keras_reptile.export.model_card import ModelCard
 from keras_reptile.export.saved_model import export_saved_model, next_version
 from keras_reptile.training.evaluator import Evaluator
 from keras_reptile.training.trainer import inner_optimizer
 from tests.export.helpers import (
+    BATCH,
+    LR,
     OMNI_RECIPE,
+    PROTOCOL,
     PYTHON_OPS,
+    RESULT,
     SINE_RECIPE,
+    STEPS,
+    WAYS,
     LoadedWithDefaults,
     make_card,
     make_module,
     meta_graph,
     saved_model_ops,
+    task,
 )
-
-WAYS, SHOTS, STEPS, LR, BATCH = 5, 2, 6, 0.01, 5
-PROTOCOL = Protocol(shots=SHOTS, eval_iters=STEPS, eval_batch=BATCH, learning_rate=LR)
-RESULT = Measurement("test", PROTOCOL, "accuracy", 0.5, 0.1, 10, 0)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    module = make_module(OMNI_RECIPE, PROTOCOL, adam_step=700.0, random_adam_v=True)
-    base = tmp_path_factory.mktemp("saved_models") / "omniglot"
-    card = make_card("omniglot", module, OMNI_RECIPE, [RESULT])
-    path = export_saved_model(module, str(base), card)
-    weights = [w.numpy() for w in module.weights]
-    return dict(
-        module=module,
-        weights=weights,
-        adam_v=[v.numpy() for v in module.adam_v],
-        path=path,
-        base=base,
-        card=card,
-    )
-
-
-def task(seed=0):
-    rng = np.random.default_rng(seed)
-    support = rng.random((WAYS * SHOTS, 28, 28, 1), dtype=np.float32)
-    labels = np.repeat(np.arange(WAYS, dtype=np.int32), SHOTS)
-    query = rng.random((WAYS, 28, 28, 1), dtype=np.float32)
-    return support, labels, query
 
 
 def test_layout_card_and_warmup(exported):

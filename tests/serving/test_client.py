@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from keras_reptile.config import Protocol, Recipe
 from keras_reptile.data.preprocessing import omniglot_bits
 from keras_reptile.export import signatures as sig
-from keras_reptile.export.model_card import ModelCard
-from serving.client import Client, ClientError, load_image
-from serving.launcher import REPO_ROOT
+from keras_reptile.export.model_card import Measurement, ModelCard
+from keras_reptile.export.saved_model import export_saved_model
+from serving.client import Client, ClientError, card_summary, load_image
+from serving.launcher import REPO_ROOT, ServerProcess
+from tests.export.helpers import MINI_RECIPE, make_card, make_module
 from tests.serving.helpers import (
     WAYS,
     export,
@@ -23,6 +26,7 @@ from tests.serving.helpers import (
 )
 
 pytestmark = pytest.mark.slow
+MINI_PROTOCOL = Protocol(shots=1, eval_iters=2, eval_batch=5, learning_rate=0.001)
 
 
 def _cli(*args, timeout=120):
@@ -208,8 +212,64 @@ def test_cli_show_card_prints_a_summary_without_a_task(server, rest):
         *(f"  {m}" for m in card.results),
         "default protocol: 2-shot, 2 inner steps of batch 5 at learning rate 0.001, "
         "non-transductive",
+        "to ask for a measured protocol (this client's flags):",
+        "  2-shot, non-transductive: (the defaults)",
+        "  2-shot, transductive: --transductive",
     ]
     assert "  test 2-shot transductive: 30.00 +- 2.00 %" in result.stdout.splitlines()
+
+
+def test_card_summary_says_which_flags_ask_for_each_measured_protocol():
+    default = Protocol(shots=1, eval_iters=50, eval_batch=5, learning_rate=0.001)
+    five_shot = default.replace(shots=5, eval_batch=15)
+    card = ModelCard(
+        name="m",
+        recipe=Recipe(dataset="miniimagenet", model="miniimagenet_cnn", classes=5, sgd=False),
+        default_protocol=default,
+        input_shape=(84, 84, 3),
+        meta_iterations=7,
+        results=(
+            Measurement("test", default, "accuracy", 0.5, 0.01, 10, 7),
+            Measurement("test", five_shot.replace(transductive=True), "accuracy", 0.6, 0.01, 10, 7),
+        ),
+    )
+    lines = card_summary(card).splitlines()
+    assert lines[-2:] == [
+        "  1-shot, non-transductive: (the defaults)",
+        "  5-shot, transductive: --inner_batch_size=15 --transductive",
+    ]
+
+
+def test_cli_classifies_a_miniimagenet_task_sent_as_84x84_pngs(tmp_path):
+    module = make_module(MINI_RECIPE, MINI_PROTOCOL, seed=1)
+    card = make_card("mini", module, MINI_RECIPE)
+    version = export_saved_model(module, str(tmp_path / "mini"), card)
+    rng = np.random.default_rng(0)
+    names = [f"n0{i}" for i in range(5)]
+    for name in names:
+        colour = rng.integers(0, 256, 3)
+        noise = rng.integers(-40, 40, (84, 84, 3))
+        pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
+        (tmp_path / "support" / name).mkdir(parents=True)
+        Image.fromarray(pixels).save(tmp_path / "support" / name / "0.png")
+    queries = sorted((tmp_path / "support").rglob("*.png"))  # the support images as queries
+    with ServerProcess(["--model_name=mini", f"--model_base_path={tmp_path / 'mini'}"]) as server:
+        result = _cli(
+            "--target", server.grpc_target, "--model", "mini",
+            "--support", str(tmp_path / "support"), "--query", *map(str, queries),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        inputs = {
+            sig.SUPPORT_IMAGES: np.stack([load_image(str(p), (84, 84, 3)) for p in queries]),
+            sig.SUPPORT_LABELS: np.arange(5, dtype=np.int32),
+            sig.QUERY_IMAGES: np.stack([load_image(str(p), (84, 84, 3)) for p in queries]),
+        }
+        expected = _grpc(server, "mini", sig.ADAPT_AND_PREDICT, inputs)
+    assert version.endswith("1")
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 5
+    for line, path, cls in zip(lines, queries, expected[sig.CLASSES]):
+        assert line.startswith(f"{path}: class {cls} '{names[cls]}' (p=")
 
 
 def test_cli_needs_a_support_set_unless_it_shows_the_card(server):
@@ -233,3 +293,17 @@ def test_cli_errors_exit_non_zero_with_the_message(server, tmp_path, args, messa
     np.savez(tmp_path / "task.npz", **task())
     result = _cli("--target", server.grpc_target, *args, "--support", str(tmp_path / "task.npz"))
     assert result.returncode == 1 and message in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("transductive", [False, True])
+def test_few_shot_model_answers_as_the_server_does(server, transductive):
+    from keras_reptile.few_shot import FewShotModel
+
+    inputs = task(6, shots=3)
+    model = FewShotModel(export("omni", 2))  # the shared server's latest "omni" version
+    got = model.adapt_and_predict(*inputs.values(), transductive=transductive)
+    served = _grpc(server, "omni", sig.ADAPT_AND_PREDICT, {
+        **inputs, sig.TRANSDUCTIVE: np.asarray(transductive),
+    })  # fmt: skip
+    np.testing.assert_array_equal(got[sig.CLASSES], served[sig.CLASSES])
+    np.testing.assert_allclose(got[sig.PROBABILITIES], served[sig.PROBABILITIES], atol=1e-6)

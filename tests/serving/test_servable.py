@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
+from serving import validation
 from serving.errors import ServingError
 from serving.servable import Servable
 from serving.validation import Limits
@@ -49,7 +50,37 @@ def test_card_signatures_and_defaults(servable):
     assert servable.run(sig.ADAPT_AND_PREDICT, prepared)[sig.CLASSES].shape == (WAYS,)
     prepared = servable.prepare(sig.ADAPT_AND_PREDICT_TASKS, omni_tasks(3), Limits())
     assert servable.run(sig.ADAPT_AND_PREDICT_TASKS, prepared)[sig.CLASSES].shape == (3, WAYS)
-    assert servable.warm_up(Limits()) == 3  # the export's warmup records, one per signature
+    assert servable.warm_up(Limits()) == len(sig.SIGNATURES)  # one warmup record per signature
+
+
+def test_split_signatures_run_through_the_request_path(servable):
+    size = servable.spec(sig.PREDICT_ADAPTED).input(sig.ADAPTED_WEIGHTS).shape[-1]
+    assert size and servable.spec(sig.PREDICT_ADAPTED_TASKS).input(sig.ADAPTED_WEIGHTS).shape == (
+        None,
+        size,
+    )
+    arrays = task()
+    support = {k: arrays[k] for k in (sig.SUPPORT_IMAGES, sig.SUPPORT_LABELS)}
+    adapted = servable.run(sig.ADAPT, servable.prepare(sig.ADAPT, support, Limits()))
+    query = {
+        sig.ADAPTED_WEIGHTS: adapted[sig.ADAPTED_WEIGHTS],
+        sig.SUPPORT_IMAGES: arrays[sig.SUPPORT_IMAGES],
+        sig.QUERY_IMAGES: arrays[sig.QUERY_IMAGES],
+    }
+    prepared = servable.prepare(sig.PREDICT_ADAPTED, query, Limits())
+    split = servable.run(sig.PREDICT_ADAPTED, prepared)
+    together = servable.run(
+        sig.ADAPT_AND_PREDICT, servable.prepare(sig.ADAPT_AND_PREDICT, arrays, Limits())
+    )
+    for key in together:
+        np.testing.assert_array_equal(split[key], together[key])
+    protos = {k: tf.make_tensor_proto(v) for k, v in query.items()}
+    protos[sig.ADAPTED_WEIGHTS] = tf.make_tensor_proto(query[sig.ADAPTED_WEIGHTS][:-1])
+    spec = servable.spec(sig.PREDICT_ADAPTED)
+    with pytest.raises(ServingError) as e:
+        validation.arrays_from_protos(spec, protos, Limits())
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"expected [{size}]" in e.value.message
 
 
 def test_errors_raised_inside_the_graph_lose_their_trace(servable):
@@ -98,7 +129,7 @@ def test_without_card_or_warmup_the_signatures_say_enough(tmp_path, kind, ways, 
         regression,
     )
     assert set(servable.specs) == set(sig.SIGNATURES)
-    assert servable.warm_up(Limits()) == 3  # synthetic requests, one per signature
+    assert servable.warm_up(Limits()) == len(sig.SIGNATURES)  # synthetic, one per signature
 
 
 def test_a_savedmodel_outside_the_contract_is_refused(tmp_path):

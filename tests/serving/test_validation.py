@@ -108,6 +108,51 @@ def test_regression_tasks_name_the_count_that_differs():
     )
 
 
+def test_adapted_weights_must_have_the_model_s_length_and_task_count():
+    specs = sig.signature_specs((1,), regression=True, num_weights=7)
+    predict = specs[sig.PREDICT_ADAPTED_TASKS]
+    protos = {
+        sig.ADAPTED_WEIGHTS: tf.make_tensor_proto(np.zeros((2, 6), np.float32)),
+        sig.QUERY_INPUTS: tf.make_tensor_proto(np.zeros((2, 5, 1), np.float32)),
+    }
+    error = _error(validation.arrays_from_protos, predict, protos, LIMITS)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.message == (
+        'Input "adapted_weights" of signature "predict_adapted_tasks" has shape [2, 6]; expected '
+        "[?, 7] (?: any size): each task's 7 adapted weights, as this version's \"adapt\" "
+        "signature returns them."
+    )
+    arrays = {
+        sig.ADAPTED_WEIGHTS: np.zeros((3, 7), np.float32),
+        sig.QUERY_INPUTS: np.zeros((2, 5, 1), np.float32),
+    }
+    info = validation.ModelInfo(1, (1,), True)
+    error = _error(validation.check_values, predict, arrays, info, LIMITS)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.message == (
+        'Input "adapted_weights" holds 3 tasks but "query_inputs" holds 2; expected the same '
+        "number of tasks in both."
+    )
+    classifier = sig.signature_specs((28, 28, 1), regression=False, num_weights=7)
+    arrays = {
+        sig.ADAPTED_WEIGHTS: np.zeros((2, 7), np.float32),
+        sig.SUPPORT_IMAGES: np.zeros((1, 10, 28, 28, 1), np.float32),
+        sig.QUERY_IMAGES: np.zeros((2, 3, 28, 28, 1), np.float32),
+    }
+    error = _error(
+        validation.check_values, classifier[sig.PREDICT_ADAPTED_TASKS], arrays, INFO, LIMITS
+    )
+    assert error.message.startswith('Input "support_images" holds 1 tasks but "query_images"')
+    arrays[sig.SUPPORT_IMAGES] = np.zeros((3, 10, 28, 28, 1), np.float32)
+    arrays[sig.QUERY_IMAGES] = np.zeros((3, 3, 28, 28, 1), np.float32)
+    error = _error(
+        validation.check_values, classifier[sig.PREDICT_ADAPTED_TASKS], arrays, INFO, LIMITS
+    )
+    assert error.message.startswith('Input "support_images" holds 3 tasks but "adapted_weights"')
+    arrays[sig.ADAPTED_WEIGHTS] = np.zeros((3, 7), np.float32)
+    validation.check_values(classifier[sig.PREDICT_ADAPTED_TASKS], arrays, INFO, LIMITS)
+
+
 def test_regression_labels_are_not_checked_as_classes():
     specs = sig.signature_specs((1,), regression=True)
     arrays = {
