@@ -90,6 +90,18 @@ def test_request_shapes_are_read_from_the_arrays():
     assert request_shape(specs[sig.ADAPT_AND_PREDICT_TASKS], many, (28, 28, 1)) == RequestShape(
         8, 25, 5, 50, 5, True, 784, PARALLEL_TASKS
     )
+    # The split signatures: adapting costs the steps, answering the query pass.
+    specs = sig.signature_specs((28, 28, 1), regression=False, num_weights=10)
+    support = {k: v for k, v in one.items() if k != sig.QUERY_IMAGES and k != sig.TRANSDUCTIVE}
+    assert request_shape(specs[sig.ADAPT], support, (28, 28, 1)) == RequestShape(
+        1, 25, 0, 50, 5, True, 784, PARALLEL_TASKS
+    )
+    answer = _arrays(25, 5, tasks=3, transductive=False)
+    answer = {k: v for k, v in answer.items() if k != sig.SUPPORT_LABELS}
+    answer[sig.ADAPTED_WEIGHTS] = np.zeros((3, 10), np.float32)
+    assert request_shape(specs[sig.PREDICT_ADAPTED_TASKS], answer, (28, 28, 1)) == RequestShape(
+        3, 25, 5, 0, 0, False, 784, PARALLEL_TASKS
+    )
     images = {sig.IMAGES: np.zeros((7, 28, 28, 1), np.float32)}
     assert request_shape(specs[sig.SERVING_DEFAULT], images, (28, 28, 1)) == RequestShape(
         1, 0, 7, 0, 0, True, 784, PARALLEL_TASKS
