@@ -3,6 +3,7 @@
 With no flags: the `sine` preset, end to end (train, evaluate, plot, export to saved_models/sine/).
 Example: python absl_main.py --preset=omniglot_5w1s --data_dir=../shared/data/omniglot
 then:    python absl_main.py --preset=omniglot_5w5s  (the same run, measured with 5 shots)
+Your own images: python absl_main.py --dataset=folder --data_dir=DIR --ways=5 --shots=1
 """
 
 import dataclasses
@@ -14,13 +15,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 from absl import app, flags, logging  # noqa: E402
 
 from keras_reptile.config import (  # noqa: E402
+    DATASETS,
     INNER_ADAM_MODES,
     PROTOCOL_FIELDS,
     STRATEGIES,
+    TFDS_PREFIX,
     Protocol,
     Recipe,
 )
 from keras_reptile.data.sources import DATA_SOURCES  # noqa: E402
+from keras_reptile.models import MODELS  # noqa: E402
 from keras_reptile.presets import PRESETS, get_preset  # noqa: E402
 from keras_reptile.run import MODES  # noqa: E402
 
@@ -42,8 +46,9 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "data_dir",
     os.environ.get("KERAS_REPTILE_DATA_DIR"),
-    "Dataset folder (Omniglot: the two official zips). Env: KERAS_REPTILE_DATA_DIR. "
-    "Default for an existing run: where it read its data.",
+    "Dataset folder (Omniglot: the two official zips; --dataset=folder: class sub-folders of "
+    "images; --dataset=tfds:NAME: tensorflow-datasets' data directory). "
+    "Env: KERAS_REPTILE_DATA_DIR. Default for an existing run: where it read its data.",
 )
 flags.DEFINE_enum("data_source", "local", DATA_SOURCES, "local files or tensorflow-datasets.")
 flags.DEFINE_string("tfds_manual_dir", None, "tensorflow-datasets manual_dir (--data_source=tfds).")
@@ -69,6 +74,14 @@ flags.DEFINE_string(
     "with this preset's protocol or re-export.",
 )
 flags.DEFINE_string("name", None, "The model's name (card, default folders). Default: preset's.")
+flags.DEFINE_string(
+    "dataset",
+    None,
+    f"One of {', '.join(DATASETS)} or {TFDS_PREFIX}<name>: folder is --data_dir's class "
+    f"sub-folders of images, {TFDS_PREFIX}<name> a tensorflow-datasets dataset prepared in "
+    "--data_dir. Default: the preset's (own_images when this flag names your own data).",
+)
+flags.DEFINE_enum("model", None, sorted(MODELS), "The network. Default: the preset's.")
 
 # Every Recipe and Protocol field is a flag that overrides the preset (the official code's names;
 # --learning_rate sets the inner step size of training and evaluation alike).
@@ -77,16 +90,25 @@ _FIELD_FLAGS = {
     float: flags.DEFINE_float,
     bool: flags.DEFINE_bool,
     str: flags.DEFINE_string,
+    tuple: flags.DEFINE_list,
 }
 _FIELDS = {f.name: f for cls in (Recipe, Protocol) for f in dataclasses.fields(cls)}
 _OVERRIDABLE = [name for name in _FIELDS if name not in ("strategy", "dataset", "model")]
 _CHOICES = {"inner_adam": INNER_ADAM_MODES}
+_HELP = {
+    "image_size": "Own data: height and width the images are resized to.",
+    "channels": "Own data: 1 (gray) or 3 (RGB).",
+    "test_fraction": "Own data: share of the classes held out for meta-testing, drawn by --seed.",
+    "test_classes": "Own data: comma-separated meta-test class names (instead of test_fraction).",
+    "rotations": "Own data: add 90/180/270 degree rotations of training classes (Omniglot's).",
+}
 for _name in _OVERRIDABLE:
-    _help = f"Overrides the preset's {_name}."
+    _help = _HELP.get(_name, f"Overrides the preset's {_name}.")
     if _name in _CHOICES:
         flags.DEFINE_enum(_name, None, _CHOICES[_name], _help)
     else:
         _FIELD_FLAGS[type(_FIELDS[_name].default)](_name, None, _help)
+flags.DEFINE_alias("ways", "classes")
 
 
 def resolve() -> tuple[Recipe, Protocol, str, str]:
@@ -98,12 +120,28 @@ def resolve() -> tuple[Recipe, Protocol, str, str]:
         recipe, info = stored
         protocol, name = info.protocol, info.name
     else:
-        preset = get_preset(FLAGS.preset or "sine")
+        own = FLAGS.dataset == "folder" or (FLAGS.dataset or "").startswith(TFDS_PREFIX)
+        if FLAGS.dataset in ("omniglot", "miniimagenet") and not FLAGS.preset:
+            raise ValueError(
+                f"The paper's datasets start from their presets: pass --preset "
+                f"({', '.join(p for p in sorted(PRESETS) if p.startswith(FLAGS.dataset))}). "
+                f"Received: dataset={FLAGS.dataset!r}"
+            )
+        preset = get_preset(FLAGS.preset or ("own_images" if own else "sine"))
         recipe, protocol, name = preset.recipe, preset.protocol, preset.model_name
+        if own or (FLAGS.dataset and FLAGS.dataset != recipe.dataset):
+            name = _own_name(FLAGS.dataset, FLAGS.data_dir, FLAGS.classes or recipe.classes)
     name = FLAGS.name or name
     given = {n: FLAGS[n].value for n in _OVERRIDABLE if FLAGS[n].present}
-    if FLAGS.strategy:
-        given["strategy"] = FLAGS.strategy
+    if FLAGS["test_classes"].present and FLAGS["test_fraction"].present:
+        raise ValueError(
+            "--test_classes lists the meta-test classes and --test_fraction draws them: pass "
+            f"one. Received: test_classes={FLAGS.test_classes}, "
+            f"test_fraction={FLAGS.test_fraction}"
+        )
+    for key in ("strategy", "dataset", "model"):
+        if FLAGS[key].value:
+            given[key] = FLAGS[key].value
     if given.get("train_shots") == 0:  # the official code's meaning: as many as --shots
         given["train_shots"] = given.get("shots", protocol.shots)
     recipe = recipe.replace(
@@ -111,6 +149,16 @@ def resolve() -> tuple[Recipe, Protocol, str, str]:
     )
     protocol = protocol.replace(**{k: v for k, v in given.items() if k in PROTOCOL_FIELDS})
     return recipe, protocol, name, FLAGS.model_dir or os.path.join("runs", name)
+
+
+def _own_name(dataset: str, data_dir: str | None, ways: int) -> str:
+    """A model name for a dataset the flags chose: the folder's or tfds dataset's name."""
+    if dataset.startswith(TFDS_PREFIX):
+        base = dataset[len(TFDS_PREFIX) :]
+    else:
+        base = os.path.basename(os.path.normpath(data_dir)) if data_dir else dataset
+    base = "".join(c if c.isalnum() or c in "-_." else "_" for c in base).strip("._") or dataset
+    return f"{base}_{ways}w"
 
 
 def main(argv):

@@ -7,7 +7,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-DATASETS = ("omniglot", "miniimagenet", "sine")
+# `arrays`: images handed to `run(..., tasks=...)` in Python (`keras_reptile.data.arrays`).
+DATASETS = ("omniglot", "miniimagenet", "sine", "folder", "arrays")
+# `tfds:<name>` names a tensorflow-datasets image classification dataset (your own data).
+TFDS_PREFIX = "tfds:"
+# Recipe fields that only apply to your own data (`folder`, `arrays`, `tfds:<name>`).
+OWN_DATA_FIELDS = ("image_size", "channels", "test_fraction", "test_classes", "rotations")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored")
 INNER_ADAM_MODES = ("parallel", "sequential")
 
@@ -43,7 +48,8 @@ class Recipe(_Value):
     """Everything that decides the meta-learned initialization; names follow the official code.
 
     Args:
-        dataset: str. One of `DATASETS`.
+        dataset: str. One of `DATASETS`, or `"tfds:<name>"` for a tensorflow-datasets image
+            classification dataset.
         model: str. A name in the model registry (`keras_reptile.models.MODELS`).
         classes: int. Ways per task (1 for regression).
         train_shots: int. Examples per class in a meta-training task.
@@ -76,8 +82,17 @@ class Recipe(_Value):
         strategy: str. One of `STRATEGIES`.
         task_groups: int. Each replica's tasks train as this many stacked networks, run
             concurrently on the inter-op thread pool.
+        image_size: int. Own data: height and width the images are resized to.
+        channels: int. Own data: 1 (gray) or 3 (RGB).
+        test_fraction: float. Own data: share of the classes held out for meta-testing, drawn
+            with `seed` (unless `test_classes` lists them or the folder has train/ and test/).
+        test_classes: tuple of str. Own data: the meta-test classes by name (empty: by
+            `test_fraction`).
+        rotations: bool. Own data: add the 90/180/270 degree rotations of each meta-training
+            class as separate classes (Omniglot's augmentation).
 
-    The last six fields say how the run is carried out, not what it learns.
+    `checkpoint_interval` to `task_groups` say how the run is carried out, not what it learns;
+    the last five apply to your own data only (`OWN_DATA_FIELDS`).
     """
 
     dataset: str = "sine"
@@ -105,10 +120,26 @@ class Recipe(_Value):
     summary_interval: int = 100
     strategy: str = "default"
     task_groups: int = 2
+    image_size: int = 84
+    channels: int = 3
+    test_fraction: float = 0.2
+    test_classes: tuple[str, ...] = ()
+    rotations: bool = False
+
+    def __post_init__(self):
+        # JSON and flags give lists; the recipe holds a tuple so it compares and hashes.
+        if isinstance(self.test_classes, str):
+            object.__setattr__(self, "test_classes", (self.test_classes,))
+        object.__setattr__(self, "test_classes", tuple(self.test_classes))
 
     @property
     def is_regression(self) -> bool:
         return self.dataset == "sine"
+
+    @property
+    def is_own_data(self) -> bool:
+        """Whether the dataset is the user's own (`folder`, `arrays` or `tfds:<name>`)."""
+        return self.dataset in ("folder", "arrays") or self.dataset.startswith(TFDS_PREFIX)
 
     @property
     def inner_optimizer(self) -> str:
@@ -142,10 +173,13 @@ class Recipe(_Value):
             raise ValueError(
                 f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate}"
             )
-        if self.dataset not in DATASETS:
+        tfds_name = self.dataset.startswith(TFDS_PREFIX) and self.dataset[len(TFDS_PREFIX) :]
+        if self.dataset not in DATASETS and not tfds_name:
             raise ValueError(
-                f"`dataset` must be one of {DATASETS}. Received: dataset={self.dataset!r}"
+                f"`dataset` must be one of {DATASETS} or {TFDS_PREFIX}<name> (a "
+                f"tensorflow-datasets dataset). Received: dataset={self.dataset!r}"
             )
+        self._validate_own_data()
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"`strategy` must be one of {STRATEGIES}. Received: strategy={self.strategy!r}"
@@ -175,10 +209,50 @@ class Recipe(_Value):
             raise ValueError(f"Regression tasks have one output. Received: classes={self.classes}")
         return self
 
+    def _validate_own_data(self) -> None:
+        if not self.is_own_data:
+            defaults = Recipe()
+            for name in OWN_DATA_FIELDS:
+                if getattr(self, name) != getattr(defaults, name):
+                    raise ValueError(
+                        f"`{name}` applies to your own data only (dataset folder, arrays or "
+                        f"{TFDS_PREFIX}<name>). Received: {name}={getattr(self, name)!r}, "
+                        f"dataset={self.dataset!r}"
+                    )
+            return
+        _check_at_least(self, ("image_size",), 1)
+        if self.channels not in (1, 3):
+            raise ValueError(
+                f"`channels` must be 1 (gray) or 3 (RGB). Received: channels={self.channels!r}"
+            )
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(
+                "`test_fraction` must be between 0 and 1 (the share of classes held out). "
+                f"Received: test_fraction={self.test_fraction!r}"
+            )
+        if any(not isinstance(c, str) or not c for c in self.test_classes):
+            raise ValueError(
+                "`test_classes` must be class names (non-empty strings). "
+                f"Received: test_classes={self.test_classes!r}"
+            )
+        if len(set(self.test_classes)) != len(self.test_classes):
+            raise ValueError(
+                f"`test_classes` lists a class twice. Received: test_classes={self.test_classes!r}"
+            )
+
 
 # Fields of a Recipe that a resumed or warm-started run must share with the run it continues:
 # they decide the network, its classes, the tasks drawn and the carried optimizer state.
-IDENTITY_FIELDS = ("dataset", "model", "classes", "seed", "replicate", "sgd", "inner_adam")
+# Own data's fields decide its images and class split.
+IDENTITY_FIELDS = (
+    "dataset",
+    "model",
+    "classes",
+    "seed",
+    "replicate",
+    "sgd",
+    "inner_adam",
+) + OWN_DATA_FIELDS
 
 
 def identity_difference(saved: Recipe, received: Recipe) -> str | None:

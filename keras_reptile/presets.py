@@ -57,6 +57,8 @@ _MINIIMAGENET_5W = _PAPER.replace(
     learning_rate=0.001,
 )
 _PAPER_EVAL = Protocol(eval_iters=50, eval_samples=10000)
+# Your own images: Mini-ImageNet's 5-way recipe on 84x84 RGB, held-out classes by seed.
+_OWN_IMAGES = _MINIIMAGENET_5W.replace(dataset="folder")
 
 
 def _paper(name, model_name, recipe, shots, eval_batch, description) -> Preset:
@@ -98,6 +100,14 @@ _ALL = (
     _paper(
         "miniimagenet_5w5s", "miniimagenet_5w", _MINIIMAGENET_5W, 5, 15,
         "Mini-ImageNet 5-way 5-shot. Paper: 62.74 +- 0.37 (transductive 65.99 +- 0.58).",
+    ),
+    Preset(
+        "own_images", "own_images", _OWN_IMAGES,
+        _PAPER_EVAL.replace(shots=1, eval_batch=5, learning_rate=_OWN_IMAGES.learning_rate),
+        "Your own images: Mini-ImageNet's 5-way recipe and 1-shot protocol on a folder of class "
+        "folders (--dataset=folder) or a tensorflow-datasets dataset (--dataset=tfds:NAME) in "
+        "--data_dir, 84x84 RGB, a fifth of the classes held out. "
+        "Run: python absl_main.py --dataset=folder --data_dir=DIR",
     ),
 )  # fmt: skip
 PRESETS: dict[str, Preset] = {p.name: p for p in _ALL}

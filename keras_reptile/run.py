@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from keras_reptile.algorithms import StackedModel
 from keras_reptile.config import Protocol, Recipe
-from keras_reptile.data.sources import load_tasks
+from keras_reptile.data.sources import check_tasks, load_tasks
 from keras_reptile.data.streams import Stream, initialization_seed, stream_key
 from keras_reptile.export.model_card import Measurement, ModelCard
 from keras_reptile.export.saved_model import (
@@ -71,6 +71,7 @@ def run(
     data_source: str = "local",
     tfds_manual_dir: str | None = None,
     warm_start_from: str | None = None,
+    tasks: tuple | None = None,
 ) -> list[Measurement]:
     """Runs `mode` (train | evaluate | export | all); returns what this call measured.
 
@@ -85,6 +86,17 @@ def run(
         data_dir, data_source, tfds_manual_dir: the dataset (unused for sine and for export).
         warm_start_from: str. A SavedModel of this package (a version or its base folder) whose
             initialization, Adam statistics and step an empty model_dir starts from.
+        tasks: (train, test) task sources used instead of reading `recipe.dataset`, for example
+            `ClassificationTasks` of the splits of `keras_reptile.data.arrays(images, labels)`
+            (with `dataset="arrays"`); checked to be large enough as read data is.
+
+    Example:
+    >>> from keras_reptile.data import arrays
+    >>> from keras_reptile.data.tasks import ClassificationTasks
+    >>> splits = arrays(np.zeros([40, 8, 8], np.uint8), np.arange(40) % 8)
+    >>> train, test = ClassificationTasks(splits.train), ClassificationTasks(splits.test)
+    >>> run(recipe.replace(dataset="arrays"), protocol, name="digits",  # doctest: +SKIP
+    ...     model_dir="runs/digits", tasks=(train, test))
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode. Expected one of {MODES}. Received: mode={mode!r}")
@@ -94,7 +106,12 @@ def run(
     stored = read_run(model_dir)
     needs_data = mode != "export" or stored is None
     train_tasks = test_tasks = None
-    if needs_data:
+    if tasks is not None:
+        train_tasks, test_tasks = tasks
+        check_tasks(recipe, protocol, train_tasks, test_tasks)
+        input_shape = train_tasks.input_shape
+        needs_data = True
+    elif needs_data:
         if stored and data_dir is None and data_source == stored[1].data_source:
             data_dir, tfds_manual_dir = stored[1].data_dir, stored[1].tfds_manual_dir
         train_tasks, test_tasks = load_tasks(

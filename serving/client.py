@@ -2,7 +2,7 @@
 
 PNG images are prepared exactly as training images are, by
 `keras_reptile.data.preprocessing.load_image`: Omniglot-shaped models (28x28x1) get 0/1 bits (1
-for the background), RGB models the Mini-ImageNet reader's bilinear resize scaled to [0, 1].
+for the background), RGB and other gray models the readers' bilinear resize scaled to [0, 1].
 `.npz` files hold arrays named after the signature's inputs. Every call carries a deadline.
 `Client.model_card` (and `--show_card`) reads a version's model card, an extension of this server
 that tensorflow_model_server does not have.
@@ -257,6 +257,93 @@ class Client:
         inputs.update(adapt_options(inner_steps, inner_batch_size, learning_rate, transductive))
         return self.predict(model, inputs, sig.ADAPT_AND_PREDICT, version=version, label=label)
 
+    def version_of(self, model: str, label: str | None = None) -> int:
+        """The version number the server answers for `model` (its latest, or `label`'s)."""
+        if self.rest:
+            meta = self._http(self._model_path(model, None, label) + "/metadata")
+            return int(meta["model_spec"]["version"])
+        return int(self._metadata(model, SIGNATURE_DEF, None, label).model_spec.version.value)
+
+    def adapt(
+        self,
+        model: str,
+        support: np.ndarray,
+        targets: np.ndarray,
+        *,
+        inner_steps: int | None = None,
+        inner_batch_size: int | None = None,
+        learning_rate: float | None = None,
+        version: int | None = None,
+        label: str | None = None,
+    ) -> AdaptedTask:
+        """Adapts server-side once (the `adapt` signature); the returned task's `predict`
+        answers queries from its weights (`predict_adapted`) without adapting again.
+
+        The task is pinned to the version that adapted it: its weights mean nothing to another.
+        """
+        version = version if version is not None else self.version_of(model, label)
+        keys = self.signature_inputs(model, sig.ADAPT, version)
+        if sig.SUPPORT_IMAGES in keys:
+            inputs = {sig.SUPPORT_IMAGES: support, sig.SUPPORT_LABELS: targets}
+        else:
+            targets = np.asarray(targets).reshape(-1, 1)
+            inputs = {sig.SUPPORT_INPUTS: support, sig.SUPPORT_TARGETS: targets}
+        inputs.update(adapt_options(inner_steps, inner_batch_size, learning_rate))
+        weights = self.predict(model, inputs, sig.ADAPT, version=version)[sig.ADAPTED_WEIGHTS]
+        images = inputs.get(sig.SUPPORT_IMAGES)
+        return AdaptedTask(self, model, version, weights, images)
+
+
+class AdaptedTask:
+    """A task adapted once by `Client.adapt`: its weights (and, for a classifier, the support
+    images the non-transductive answer batches each query with), pinned to one version."""
+
+    def __init__(self, client: Client, model: str, version: int, weights, support_images=None):
+        self.client, self.model, self.version = client, model, version
+        self.weights, self.support_images = np.asarray(weights), support_images
+
+    def predict(self, queries: np.ndarray, *, transductive: bool | None = None) -> dict:
+        """The adapted model's answers for `queries`, as `adapt_and_predict` gives them."""
+        inputs = {sig.ADAPTED_WEIGHTS: self.weights}
+        if self.support_images is not None:
+            inputs[sig.SUPPORT_IMAGES] = self.support_images
+            inputs[sig.QUERY_IMAGES] = queries
+            inputs.update(adapt_options(transductive=transductive))
+        else:
+            inputs[sig.QUERY_INPUTS] = queries
+        return self.client.predict(self.model, inputs, sig.PREDICT_ADAPTED, version=self.version)
+
+    def save(self, path: str, class_names: Sequence[str] | None = None) -> None:
+        """Writes the enrollment to an .npz file (`AdaptedTask.load` reads it back)."""
+        arrays = {
+            "model": np.asarray(self.model),
+            "version": np.asarray(self.version),
+            sig.ADAPTED_WEIGHTS: self.weights,
+            "class_names": np.asarray(list(class_names or []), dtype=str),
+        }
+        if self.support_images is not None:
+            arrays[sig.SUPPORT_IMAGES] = np.asarray(self.support_images, np.float32)
+        np.savez(path, **arrays)
+
+    @classmethod
+    def load(cls, client: Client, path: str) -> tuple[AdaptedTask, list[str]]:
+        """An enrollment written by `save`, and its class names."""
+        try:
+            with np.load(path) as data:
+                task = cls(
+                    client,
+                    str(data["model"]),
+                    int(data["version"]),
+                    data[sig.ADAPTED_WEIGHTS],
+                    data[sig.SUPPORT_IMAGES] if sig.SUPPORT_IMAGES in data.files else None,
+                )
+                names = [str(n) for n in data["class_names"]]
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(
+                f"Not an enrollment written by --save_enrollment ({e}). Received: path={path}"
+            ) from None
+        return task, names
+
 
 def adapt_options(
     inner_steps: int | None = None,
@@ -359,10 +446,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--transductive", action="store_true", default=None)
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="deadline, s")
     parser.add_argument("--rest", action="store_true", help="use the REST API")
+    parser.add_argument(
+        "--save_enrollment",
+        metavar="PATH.npz",
+        help="adapt to --support once (the adapt signature) and save the adapted task here",
+    )
+    parser.add_argument(
+        "--enrollment",
+        metavar="PATH.npz",
+        help="classify --query with a saved enrollment (predict_adapted): no adaptation",
+    )
     return parser
 
 
-def _task(args, client: Client) -> tuple[dict, list[str], list[str] | None]:
+def _task(
+    args, client: Client, queries_needed: bool = True
+) -> tuple[dict, list[str], list[str] | None]:
     """The request's arrays, the query names, and the class names (None for .npz labels)."""
     inputs = client.signature_inputs(args.model, sig.ADAPT_AND_PREDICT, args.version)
     arrays, class_names, query_names = {}, None, []
@@ -383,6 +482,8 @@ def _task(args, client: Client) -> tuple[dict, list[str], list[str] | None]:
         query_names = files
     query_key = sig.QUERY_IMAGES if sig.QUERY_IMAGES in inputs else sig.QUERY_INPUTS
     if query_key not in arrays:
+        if not queries_needed:
+            return arrays, [], class_names
         raise ValueError(f"No queries: pass --query, or an .npz holding {query_key}.")
     count = len(arrays[query_key])
     query_names = query_names or [f"query[{i}]" for i in range(count)]
@@ -439,13 +540,17 @@ def protocol_flags(default, protocol) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if not (args.show_card or args.support):
-        parser.error("--support is required (unless --show_card)")
+    if not (args.show_card or args.support or args.enrollment):
+        parser.error("--support is required (unless --show_card or --enrollment)")
+    if args.enrollment and args.support:
+        parser.error("--enrollment replaces --support: pass one of them")
     try:
         with Client(args.target, rest=args.rest, timeout=args.timeout) as client:
             if args.show_card:
                 print(card_summary(client.model_card(args.model, args.version, args.label)))
                 return 0
+            if args.save_enrollment or args.enrollment:
+                return _enrolled(args, client)
             arrays, query_names, class_names = _task(args, client)
             arrays.update(
                 adapt_options(
@@ -458,6 +563,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ClientError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    _print_answers(outputs, query_names, class_names)
+    return 0
+
+
+def _enrolled(args, client: Client) -> int:
+    """--save_enrollment: adapt once and save; --enrollment: answer queries from a saved one."""
+    if args.save_enrollment:
+        arrays, _, class_names = _task(args, client, queries_needed=False)
+        targets = arrays.get(sig.SUPPORT_LABELS, arrays.get(sig.SUPPORT_TARGETS))
+        support = arrays.get(sig.SUPPORT_IMAGES, arrays.get(sig.SUPPORT_INPUTS))
+        task = client.adapt(
+            args.model, support, targets, inner_steps=args.inner_steps,
+            inner_batch_size=args.inner_batch_size, learning_rate=args.learning_rate,
+            version=args.version, label=args.label,
+        )  # fmt: skip
+        task.save(args.save_enrollment, class_names)
+        print(f"enrolled {len(support)} examples with {args.model} version {task.version}: "
+              f"{args.save_enrollment}")  # fmt: skip
+    else:
+        task, class_names = AdaptedTask.load(client, args.enrollment)
+        if task.model != args.model:
+            raise ValueError(
+                f"{args.enrollment} was adapted by model {task.model!r}. "
+                f"Received: --model={args.model}"
+            )
+    if args.query:
+        inputs = client.signature_inputs(args.model, sig.PREDICT_ADAPTED, task.version)
+        key = sig.QUERY_IMAGES if sig.QUERY_IMAGES in inputs else sig.QUERY_INPUTS
+        if len(args.query) == 1 and args.query[0].endswith(".npz"):
+            queries = load_npz(args.query[0], inputs)[key]
+            names = [f"query[{i}]" for i in range(len(queries))]
+        else:
+            names = query_files(args.query)
+            queries = np.stack([load_image(f, inputs[key][0][1:]) for f in names])
+        outputs = task.predict(queries, transductive=args.transductive)
+        _print_answers(outputs, names, class_names or None)
+    return 0
+
+
+def _print_answers(outputs, query_names, class_names) -> None:
     if sig.CLASSES in outputs:
         for name, cls, probs in zip(query_names, outputs[sig.CLASSES], outputs[sig.PROBABILITIES]):
             label = f" {class_names[cls]!r}" if class_names and cls < len(class_names) else ""
@@ -465,7 +610,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         for name, value in zip(query_names, outputs[sig.PREDICTIONS]):
             print(f"{name}: {np.asarray(value).tolist()}")
-    return 0
 
 
 if __name__ == "__main__":

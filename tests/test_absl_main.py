@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from keras_reptile.export.model_card import ModelCard
 from keras_reptile.run import recorded_results
-from tests.conftest import REPO_ROOT
+from tests.conftest import OMNIGLOT_DIR, REPO_ROOT, needs_omniglot
 from tests.export.helpers import LoadedWithDefaults
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO_ROOT))
@@ -54,12 +54,86 @@ def run_main(*flags, cwd=None, timeout=600):
             [f"--warm_start_from={REPO_ROOT / 'saved_models/omniglot_5w'}"],
             "dataset='omniglot'; this run cannot start from it. Received: dataset='sine'",
         ),
+        # Your own data.
+        (["--dataset=folder"], "--dataset=folder needs --data_dir"),
+        (["--dataset=folder", "--data_dir=/nonexistent"], "Received: path=/nonexistent"),
+        (["--dataset=folder", "--data_dir=."], "No class folders found"),
+        (["--dataset=imagenet"], "or tfds:<name>"),
+        (["--dataset=tfds:"], "Received: dataset='tfds:'"),
+        (["--dataset=tfds:mnist", "--data_dir=."], "not prepared in data_dir"),
+        (["--dataset=tfds:mnist"], "needs --data_dir"),
+        (["--dataset=folder", "--channels=2"], "Received: channels=2"),
+        (["--dataset=folder", "--test_fraction=1.5"], "Received: test_fraction=1.5"),
+        (["--dataset=folder", "--image_size=0"], "Received: image_size=0"),
+        (["--dataset=folder", "--test_classes=a,a"], "lists a class twice"),
+        (["--dataset=folder", "--test_classes=a", "--test_fraction=0.5"], "pass one"),
+        (["--image_size=32"], "applies to your own data only"),
+        (["--rotations"], "Received: rotations=True, dataset='sine'"),
+        (["--model=resnet"], "omniglot_cnn"),
+        (["--model=omniglot_cnn"], "Received: model='omniglot_cnn', input_shape=(1,)"),
+        (["--dataset=omniglot"], "pass --preset (omniglot_20w1s"),
+        (["--ways=0"], "Received: classes=0"),
+        (["--dataset=folder", "--data_source=tfds", "--data_dir=."], "--dataset=tfds:<name>"),
     ],
 )
 def test_bad_flags_give_usage_errors_not_tracebacks(flags, expected, tmp_path):
     result = run_main(*flags, cwd=tmp_path, timeout=120)
     assert result.returncode != 0
     assert expected in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_dataset_folder_trains_resumes_evaluates_and_exports_like_any_run(tmp_path):
+    from tests.data.test_folder_source import write_class_folders
+
+    write_class_folders(tmp_path / "birds", classes=8, per_class=4)
+    flags = [
+        "--dataset=folder", "--data_dir=birds", "--ways=3", "--shots=1", "--train_shots=2",
+        "--meta_batch=2", "--inner_iters=1", "--eval_samples=4", "--eval_interval=0",
+        "--checkpoint_interval=2", "--image_size=12", "--channels=1", "--model=omniglot_cnn",
+        "--test_fraction=0.4", "--rotations",
+    ]  # fmt: skip
+    env = dict(ENV, KERAS_REPTILE_CACHE_DIR=str(tmp_path / "cache"))
+
+    def main(*more):
+        return subprocess.run(
+            main_command(*more), cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+
+    first = main(*flags, "--meta_iters=2", "--mode=train")
+    assert first.returncode == 0, first.stderr[-3000:]
+    model_dir = tmp_path / "runs/birds_3w"  # named after the folder and the ways
+    assert latest_step(model_dir) == 2
+    resumed = main(*flags, "--meta_iters=4")  # all: train on, evaluate, export
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from checkpoint at step 2" in resumed.stdout
+    assert latest_step(model_dir) == 4
+    card = ModelCard.read(str(tmp_path / "saved_models/birds_3w/1"))
+    assert card.recipe.dataset == "folder" and card.recipe.rotations
+    assert (card.recipe.image_size, card.recipe.channels, card.recipe.classes) == (12, 1, 3)
+    assert card.input_shape == (12, 12, 1) and card.meta_iterations == 4
+    assert {m.split for m in card.results} == {"train", "test"}
+    # The run folder alone exports again (no data read) and evaluates from the recorded data.
+    exported = main("--mode=export", "--model_dir=runs/birds_3w")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (tmp_path / "saved_models/birds_3w/2/saved_model.pb").exists()
+    evaluated = main("--mode=evaluate", "--model_dir=runs/birds_3w", "--eval_samples=2")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    # Another split of the same folder is another run: refused in this run folder.
+    other = main(*flags[:-2], "--test_fraction=0.5", "--meta_iters=4", "--mode=train")
+    assert other.returncode == 2 and "Received: test_fraction=0.5" in other.stderr
+
+
+@needs_omniglot
+def test_tfds_omniglot_from_the_projects_zips_says_what_to_do_instead(tmp_path):
+    result = run_main(
+        "--preset=omniglot_5w1s", "--data_source=tfds", f"--tfds_manual_dir={OMNIGLOT_DIR}",
+        "--data_dir=tfds", cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "use the default reader (--data_source=local" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
 
 

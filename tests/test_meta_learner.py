@@ -175,3 +175,14 @@ def test_fomaml_sets_foml(tmp_path):
     fomaml = keras_reptile.FOMAML(user_model(), model_dir=str(tmp_path), recipe=RECIPE)
     assert fomaml.recipe.foml and fomaml.recipe.algorithm == "fomaml"
     assert os.path.exists(tmp_path / "model.json")
+
+
+def test_own_arrays_feed_fit_and_evaluate(tmp_path):
+    from keras_reptile.data import arrays
+
+    images = fake_class_images(num_classes=8, per_class=6).images.reshape(-1, 8, 8)
+    splits = arrays(images, np.repeat(np.arange(8), 6), test_fraction=0.4)
+    reptile = learner(tmp_path / "own", dataset="arrays", test_fraction=0.4, meta_iters=2)
+    reptile.fit(ClassificationTasks(splits.train), verbose=0)
+    scores = reptile.evaluate(ClassificationTasks(splits.test), num_tasks=2)
+    assert scores["non_transductive"].num_tasks == 2

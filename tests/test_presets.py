@@ -48,7 +48,15 @@ def test_the_rows_of_one_dataset_and_ways_share_one_recipe_and_model():
 def test_unknown_preset_lists_the_valid_ones():
     with pytest.raises(ValueError, match="omniglot_5w1s.*Received: preset='x'"):
         get_preset("x")
-    assert set(PRESETS) == set(PAPER) | {"sine"}
+    assert set(PRESETS) == set(PAPER) | {"sine", "own_images"}
+
+
+def test_own_images_preset_trains_the_miniimagenet_recipe_on_a_folder():
+    preset = get_preset("own_images")
+    recipe = preset.recipe.validate()
+    assert recipe.dataset == "folder" and recipe.is_own_data
+    assert recipe.replace(dataset="miniimagenet") == get_preset("miniimagenet_5w1s").recipe
+    assert (recipe.image_size, recipe.channels, recipe.rotations) == (84, 3, False)
 
 
 def test_the_docs_presets_table_is_presets_py():

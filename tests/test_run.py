@@ -269,3 +269,24 @@ def test_measurements_replace_the_same_split_protocol_and_step(tmp_path):
     (tmp_path / RESULTS_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="Cannot read the run's eval_results.json"):
         read_measurements(str(tmp_path))
+
+
+def test_in_memory_arrays_train_evaluate_and_export_through_run(tmp_path):
+    from keras_reptile.data import arrays
+
+    images = fake_class_images(num_classes=8, per_class=4).images[..., 0]
+    splits = arrays(images.reshape(-1, 8, 8), np.repeat(np.arange(8), 4), test_fraction=0.4)
+    tasks = (ClassificationTasks(splits.train), ClassificationTasks(splits.test))
+    recipe = Recipe(
+        dataset="arrays", model="omniglot_cnn", classes=3, train_shots=2, inner_batch=6,
+        inner_iters=1, meta_batch=1, meta_iters=2, eval_interval=0, test_fraction=0.4,
+    )  # fmt: skip
+    protocol = Protocol(shots=1, eval_iters=1, eval_batch=3, eval_samples=2)
+    measured = _run(recipe, tmp_path, "run", protocol=protocol, tasks=tasks)
+    assert {m.split for m in measured} == {"train", "test"}
+    card = _card(tmp_path / "run_export")
+    assert card.recipe.dataset == "arrays" and card.input_shape == (8, 8, 1)
+    with pytest.raises(ValueError, match=r"pass the task sources to run\(..., tasks="):
+        _run(recipe, tmp_path, "run", protocol=protocol, mode="evaluate")
+    with pytest.raises(ValueError, match="Cannot draw 5-way tasks"):
+        _run(recipe.replace(classes=5), tmp_path, "other", protocol=protocol, tasks=tasks)

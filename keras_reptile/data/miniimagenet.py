@@ -178,7 +178,8 @@ def _checked_files(
         raise ValueError(
             "No Mini-ImageNet classes found: looked for folders named by WordNet id "
             "(n01532829/*.jpg) anywhere below data_dir and for Ravi & Larochelle's images/ with "
-            f"train.csv, val.csv, test.csv. Found: {_first(found, 10)}. Received: data_dir={root}"
+            f"train.csv, val.csv, test.csv. Found: {_first(found, 10)}. A folder of your own "
+            f"class folders is read with --dataset=folder. Received: data_dir={root}"
         )
     known = [wnid for split in SPLITS for wnid in SPLIT_CLASSES[split]]
     problems = []
@@ -209,7 +210,8 @@ def _checked_files(
         )
     if problems:
         raise ValueError(
-            f"Mini-ImageNet under data_dir is not complete: {'. '.join(problems)}. "
+            "Mini-ImageNet under data_dir is not complete (other classes are read with "
+            f"--dataset=folder): {'. '.join(problems)}. "
             f"Received: data_dir={root}, {images_per_class=}"
         )
     return root, {wnid: [by_name[wnid][name] for name in sorted(by_name[wnid])] for wnid in known}

@@ -29,6 +29,9 @@ IMAGES_PER_CHARACTER = 20
 IMAGE_SIZE = OMNIGLOT_IMAGE_SIZE
 ROTATIONS = (0, 90, 180, 270)
 _SETS = ("images_background", "images_evaluation")
+# The files tensorflow-datasets' Omniglot builder prepares from (it checks their checksums).
+TFDS_ZIPS = tuple(f"{name}.zip" for name in (*_SETS, "images_background_small1",
+                                             "images_background_small2"))  # fmt: skip
 
 # (alphabet, "characterNN") -> list of (file name, function returning the PNG bytes).
 _FileIndex = dict[tuple[str, str], list[tuple[str, Callable[[], bytes]]]]
@@ -160,7 +163,8 @@ def _index_local_files(root: pathlib.Path, stack: contextlib.ExitStack) -> _File
             "No Omniglot images found. Looked for images_background.zip and "
             "images_evaluation.zip, the extracted folders images_background/ and "
             "images_evaluation/, or alphabet folders <Alphabet>/characterNN/*.png. "
-            f"Found: {found[:10]}{' ...' if len(found) > 10 else ''}. Received: data_dir={root}"
+            f"Found: {found[:10]}{' ...' if len(found) > 10 else ''}. A folder of your own "
+            f"class folders is read with --dataset=folder. Received: data_dir={root}"
         )
     return index
 
@@ -209,13 +213,42 @@ def _read_tfds(data_dir: str, manual_dir: str | None) -> tuple[list[str], np.nda
     """
     import tensorflow_datasets as tfds  # Imported here: heavy, and only this source needs it.
 
-    kwargs = {}
-    if manual_dir is not None:
-        config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-        kwargs["download_and_prepare_kwargs"] = {"download_config": config}
-    dataset, info = tfds.load(
-        "omniglot", split="train+test", data_dir=data_dir or None, with_info=True, **kwargs
-    )
+    where = f"data_dir={data_dir!r}, tfds_manual_dir={manual_dir!r}"
+    builder = tfds.builder("omniglot", data_dir=data_dir or None)
+    if not builder.is_prepared():
+        if manual_dir is None:
+            raise ValueError(
+                "tensorflow-datasets' Omniglot is not prepared in data_dir, and nothing is "
+                "downloaded at run time: pass --tfds_manual_dir with the four official zips "
+                f"({', '.join(TFDS_ZIPS)}), a data_dir where it is prepared, or read the two "
+                f"zips with the default reader (--data_source=local). Received: {where}"
+            )
+        missing = [z for z in TFDS_ZIPS if not (pathlib.Path(manual_dir) / z).is_file()]
+        if missing:
+            raise ValueError(
+                f"tensorflow-datasets prepares Omniglot from the four official zips "
+                f"({', '.join(TFDS_ZIPS)}) and would download the missing {missing}; nothing "
+                "is downloaded at run time (and tfds checks the zips' checksums: re-packed copies "
+                "such as the two this project reads do not match). For the two zips "
+                "images_background.zip and images_evaluation.zip use the default reader "
+                f"(--data_source=local --data_dir=DIR). Received: {where}"
+            )
+        config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
+        try:
+            builder.download_and_prepare(download_config=config)
+        except Exception as e:
+            # tfds's NonMatchingChecksumError is not in its public API: matched by name.
+            if type(e).__name__ != "NonMatchingChecksumError":
+                raise
+            raise ValueError(
+                "The Omniglot zips in tfds_manual_dir are not byte-identical to the ones "
+                "tensorflow-datasets registered (re-packed copies, such as the ones this project "
+                "reads, have other checksums even with the same PNGs). Read them with the "
+                "default reader instead (--data_source=local --data_dir=DIR: the same "
+                "characters and split), or give --tfds_manual_dir the unmodified official zips. "
+                f"tfds said: {str(e).splitlines()[0]} Received: {where}"
+            ) from None
+    dataset, info = builder.as_dataset(split="train+test"), builder.info
     alphabet_names = info.features["alphabet"].names
     by_character: dict[tuple[int, int], list[np.ndarray]] = {}
     for example in tfds.as_numpy(dataset):

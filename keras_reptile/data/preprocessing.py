@@ -2,7 +2,9 @@
 
 Omniglot images are 0/1 bits (1 for the background) resized to 28x28 as the official
 openai/supervised-reptile code does; Mini-ImageNet images are RGB, resized with Pillow's BILINEAR
-filter. `load_image` prepares one file exactly as the training images of a model are prepared.
+filter; images of the user's own datasets (`image_folder`, `tfds_dataset`) are gray or RGB,
+resized the same way. `stored_pixels` is that one decode path for every image a dataset stores,
+and `load_image` prepares one file exactly as the training images of a model are prepared.
 `strokes_to_image` turns pen strokes (the browser demo's drawings) into an Omniglot-like image; the
 demo's `serving/demo/demo.js` implements the same arithmetic and is tested against it.
 """
@@ -121,13 +123,54 @@ def read_rgb(path: _ImagePath, size: int) -> np.ndarray:
     Returns:
         uint8 array `[size, size, 3]`.
     """
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
-        raise ValueError(f"size must be a positive int. Received: size={size!r}")
-    with _open(path) as image:
-        image = image.convert("RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
+    _check_size(size)
+    with open_image(path) as image:
+        return resized_pixels(image, size, 3)
+
+
+def resized_pixels(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """A PIL image as gray (`channels=1`) or RGB (`channels=3`) pixels, BILINEAR-resized to
+    `size` x `size` if it is not that size already.
+
+    Args:
+        image: PIL image of any mode and size.
+        size: int. Height and width of the result.
+        channels: int. 1 (Pillow's "L" conversion) or 3 ("RGB").
+
+    Returns:
+        uint8 array `[size, size, channels]`.
+    """
+    _check_size(size)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8).reshape(size, size, channels)
+
+
+def stored_pixels(image: Image.Image, input_shape: Sequence[int]) -> np.ndarray:
+    """A PIL image as the uint8 pixels a dataset of `input_shape` stores: Omniglot's 0/1 bits
+    (`omniglot_bits`) for `(28, 28, 1)`, else `resized_pixels` for square `(N, N, 1)` or
+    `(N, N, 3)`. Multiply by `pixel_scale(input_shape)` for the model input.
+
+    Args:
+        image: PIL image of any mode and size.
+        input_shape: sequence of ints. `(height, width, channels)`, height equal to width.
+
+    Returns:
+        uint8 array of shape `input_shape`.
+    """
+    shape = _checked_shape(input_shape)
+    if shape == (OMNIGLOT_IMAGE_SIZE, OMNIGLOT_IMAGE_SIZE, 1):
+        return omniglot_bits(image)[..., None]
+    return resized_pixels(image, shape[0], shape[2])
+
+
+def pixel_scale(input_shape: Sequence[int]) -> float:
+    """The factor from `stored_pixels` to model inputs: 1.0 for Omniglot's bits, else 1/255."""
+    shape = _checked_shape(input_shape)
+    return 1.0 if shape == (OMNIGLOT_IMAGE_SIZE, OMNIGLOT_IMAGE_SIZE, 1) else 1 / 255
 
 
 def load_image(path: _ImagePath, input_shape: Sequence[int]) -> np.ndarray:
@@ -137,27 +180,37 @@ def load_image(path: _ImagePath, input_shape: Sequence[int]) -> np.ndarray:
         path: str or path-like. The image file (PNG for Omniglot, any format Pillow reads), or
             a PIL image.
         input_shape: sequence of ints. The model's input shape without the batch dimension:
-            `(28, 28, 1)` for Omniglot models or `(N, N, 3)` for square RGB models.
+            `(28, 28, 1)` for Omniglot models, `(N, N, 3)` for square RGB models or `(N, N, 1)`
+            for other square gray models.
 
     Returns:
         float32 array of shape `input_shape`: 0/1 bits (`omniglot_bits`) for `(28, 28, 1)`,
-        `read_rgb(path, N) / 255` for `(N, N, 3)`.
+        `resized_pixels(image, N, channels) / 255` otherwise (`read_rgb(path, N) / 255` for RGB).
     """
-    shape = tuple(input_shape)
-    if shape == (OMNIGLOT_IMAGE_SIZE, OMNIGLOT_IMAGE_SIZE, 1):
-        with _open(path) as image:
-            return omniglot_bits(image).astype(np.float32)[..., None]
-    if len(shape) == 3 and shape[2] == 3 and shape[0] == shape[1] and shape[0] > 0:
-        return read_rgb(path, shape[0]).astype(np.float32) * np.float32(1 / 255)
+    shape = _checked_shape(input_shape, path)
+    with open_image(path) as image:
+        pixels = stored_pixels(image, shape)
+    return pixels.astype(np.float32) * np.float32(pixel_scale(shape))
+
+
+def _check_size(size) -> None:
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+        raise ValueError(f"size must be a positive int. Received: size={size!r}")
+
+
+def _checked_shape(input_shape: Sequence[int], path: _ImagePath | None = None) -> tuple:
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) == 3 and shape[2] in (1, 3) and shape[0] == shape[1] and shape[0] > 0:
+        return shape
+    where = "" if path is None else f", path={path}"
     raise ValueError(
-        "Image files can only be prepared for Omniglot-shaped (28, 28, 1) and square RGB "
-        f"(N, N, 3) model inputs; send arrays (.npz) instead. Received: input_shape={shape}, "
-        f"path={path}"
+        "Image files can only be prepared for square gray (N, N, 1) and RGB (N, N, 3) model "
+        f"inputs; send arrays (.npz) instead. Received: input_shape={shape}{where}"
     )
 
 
 @contextlib.contextmanager
-def _open(path: _ImagePath) -> Iterator[Image.Image]:
+def open_image(path: _ImagePath) -> Iterator[Image.Image]:
     """Opens an image (a PIL image is used as is); a missing or undecodable file raises
     ValueError naming `path`."""
     if isinstance(path, Image.Image):

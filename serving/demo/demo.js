@@ -1,7 +1,9 @@
 // The browser demo of keras-reptile's server: draw a few-shot task, let the server adapt, show
 // its guess. Plain JavaScript, no build step, nothing fetched but this server's own paths:
 // demo/models.json (the served models and their cards), demo/data/omniglot_test.json (random
-// tasks) and POST /v1/models/<name>:predict with signature "adapt_and_predict".
+// tasks) and POST /v1/models/<name>[/versions/<v>]:predict with signatures "adapt" and
+// "predict_adapted" (adapt once per support set, answer each query change from its weights), or
+// "adapt_and_predict" for models without them and for the sine view.
 "use strict";
 
 (() => {
@@ -98,7 +100,8 @@
     timer: null,
     seq: 0, // the latest request sent; older answers are dropped
     pending: false, // a request is scheduled or running
-    last: null, // the latest answer: {seq, request, outputs, latencyMs, steps, error}
+    last: null, // the latest answer: {seq, request, outputs, latencyMs, steps, reused, error}
+    adapted: null, // the latest adaptation: {key, weights, latencyMs}, reused while it fits
     sine: { points: [], truth: null, curves: {}, last: null, timer: null, seq: 0, pending: false },
   };
 
@@ -124,12 +127,14 @@
 
   // POST /v1/models/<name>:predict; resolves to {outputs, latencyMs}, rejects with a readable
   // message (the server's JSON "error", or why the server could not be reached).
-  async function predict(inputs) {
-    const body = JSON.stringify({ signature_name: "adapt_and_predict", inputs });
+  // `version` pins the request to one version (adapted weights fit only the version that made them).
+  async function predict(inputs, signature = "adapt_and_predict", version = null) {
+    const body = JSON.stringify({ signature_name: signature, inputs });
     const start = performance.now();
+    const model = `/v1/models/${encodeURIComponent(state.model.name)}`;
     let response;
     try {
-      response = await fetch(`/v1/models/${encodeURIComponent(state.model.name)}:predict`, {
+      response = await fetch(`${model}${version === null ? "" : `/versions/${version}`}:predict`, {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body,
@@ -422,20 +427,56 @@
       query_images: asked.map((cell) => nested(cellBits(cell))),
       inner_steps: n,
     };
-    $("#status").textContent = "Adapting\u2026";
+    // The support set and the steps decide the adaptation: while they stay the same, a changed
+    // query is answered from the adapted weights (predict_adapted) without adapting again.
+    const split = (state.model.signatures || []).includes("predict_adapted");
+    const key = JSON.stringify([state.model.name, state.model.version, support, labels, n]);
+    const reused = split && state.adapted !== null && state.adapted.key === key;
+    $("#status").textContent = reused ? "Answering\u2026" : "Adapting\u2026";
     try {
-      const { outputs, latencyMs } = await predict(request);
+      let outputs;
+      let latencyMs;
+      if (!split) {
+        ({ outputs, latencyMs } = await predict(request));
+      } else {
+        let adaptMs = 0;
+        if (!reused) {
+          const adapted = await predict(
+            { support_images: support, support_labels: labels, inner_steps: n },
+            "adapt",
+            state.model.version,
+          );
+          if (seq !== state.seq) return;
+          adaptMs = adapted.latencyMs;
+          state.adapted = { key, weights: adapted.outputs, latencyMs: adaptMs };
+        }
+        const answer = await predict(
+          {
+            adapted_weights: state.adapted.weights,
+            support_images: support,
+            query_images: request.query_images,
+          },
+          "predict_adapted",
+          state.model.version,
+        );
+        outputs = answer.outputs;
+        latencyMs = adaptMs + answer.latencyMs;
+      }
       if (seq !== state.seq) return;
       clearError();
-      state.last = { seq, request, outputs, latencyMs, steps: n, error: null };
+      state.last = { seq, request, outputs, latencyMs, steps: n, reused, error: null };
       showAnswers(asked, outputs);
+      const how = reused
+        ? `reused the adaptation: ${n} inner steps not run again`
+        : `${n} inner steps`;
       $("#status").textContent =
-        `${Math.round(latencyMs)} ms \u00b7 ${n} inner steps \u00b7 ${state.model.name} ` +
+        `${Math.round(latencyMs)} ms \u00b7 ${how} \u00b7 ${state.model.name} ` +
         `v${state.model.version} \u00b7 ${labels.length} support drawings in ` +
         `${state.classes.length} classes, ${asked.length} ${asked.length === 1 ? "query" : "queries"}`;
     } catch (e) {
       if (seq !== state.seq) return;
-      state.last = { seq, request, outputs: null, latencyMs: null, steps: n, error: e.message };
+      state.adapted = null;
+      state.last = { seq, request, outputs: null, latencyMs: null, steps: n, reused, error: e.message };
       clearAnswers();
       showError(e.message);
       $("#status").textContent = "No answer: see the message above.";

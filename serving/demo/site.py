@@ -103,6 +103,7 @@ def models_summary(service: Service) -> dict:
         models.append(
             {"name": metadata.name, "version": metadata.version}
             | {field: card[field] for field in CARD_FIELDS}
+            | {"signatures": sorted(metadata.signature_defs)}
         )
     return {
         "models": models,

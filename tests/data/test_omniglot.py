@@ -1,6 +1,8 @@
+import contextlib
 import io
 import random
 import zipfile
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -45,6 +47,29 @@ def _write_fake_omniglot(root, chars_per_alphabet, images=20):
             char_dir.mkdir(parents=True)
             for i in range(images):
                 Image.fromarray(np.ones((105, 105), bool)).save(char_dir / f"{c:04d}_{i:02d}.png")
+
+
+@needs_omniglot
+def test_tfds_with_the_projects_zips_explains_the_checksum_error_instead_of_a_traceback(tmp_path):
+    # The two zips this project reads are re-packed: tfds's registered checksums do not match.
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    for name in ("images_background.zip", "images_evaluation.zip"):
+        (manual / name).symlink_to(OMNIGLOT_DIR / name)
+    with pytest.raises(ValueError, match=r"would download the missing \['images_background_small1"):
+        load_omniglot(str(tmp_path / "tfds"), source="tfds", tfds_manual_dir=str(manual))
+    for name in ("images_background_small1.zip", "images_background_small2.zip"):
+        with zipfile.ZipFile(manual / name, "w"):
+            pass
+    with pytest.raises(ValueError, match="not byte-identical.*--data_source=local") as error:
+        load_omniglot(str(tmp_path / "tfds"), source="tfds", tfds_manual_dir=str(manual))
+    assert "has wrong checksum" in str(error.value)
+
+
+def test_tfds_source_unprepared_without_manual_dir_downloads_nothing(tmp_path):
+    with pytest.raises(ValueError, match="not prepared in data_dir, and nothing is downloaded"):
+        load_omniglot(str(tmp_path), source="tfds")
+    assert not any(tmp_path.iterdir())
 
 
 @needs_omniglot
@@ -164,10 +189,21 @@ def test_fake_merged_layout_and_bad_arguments(tmp_path):
         load_omniglot(str(tmp_path), num_train=3)
 
 
-def _mock_tfds(examples, alphabet_names=None):
-    """Mocks `tfds.load("omniglot")` to return `examples` (dicts of numpy arrays), offline."""
-    import tensorflow as tf
+@contextlib.contextmanager
+def _prepared_mock(**kwargs):
+    """`tfds.testing.mock_data`, with the builder reporting itself prepared (nothing to read)."""
     import tensorflow_datasets as tfds
+
+    with (
+        tfds.testing.mock_data(**kwargs),
+        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+    ):
+        yield
+
+
+def _mock_tfds(examples, alphabet_names=None):
+    """Mocks tfds's Omniglot to return `examples` (dicts of numpy arrays), offline."""
+    import tensorflow as tf
 
     def as_dataset(self, *args, **kwargs):
         if alphabet_names is not None:  # What the builder's _split_generators stores.
@@ -175,7 +211,7 @@ def _mock_tfds(examples, alphabet_names=None):
         stacked = {key: np.stack([ex[key] for ex in examples]) for key in examples[0]}
         return tf.data.Dataset.from_tensor_slices(stacked)
 
-    return tfds.testing.mock_data(as_dataset_fn=as_dataset)
+    return _prepared_mock(as_dataset_fn=as_dataset)
 
 
 def test_tfds_source_with_mock_data(tmp_path):
@@ -205,9 +241,7 @@ def test_tfds_source_with_mock_data(tmp_path):
 
 
 def test_tfds_source_with_random_mock_data_checks_image_count(tmp_path):
-    import tensorflow_datasets as tfds
-
-    with tfds.testing.mock_data(num_examples=10):
+    with _prepared_mock(num_examples=10):
         with pytest.raises(ValueError, match="images; every character needs 20"):
             load_omniglot(str(tmp_path), source="tfds")
 

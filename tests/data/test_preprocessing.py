@@ -106,12 +106,35 @@ def test_load_image_square_rgb_shape_scales_to_unit_range(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "shape", [(28, 28), (32, 32, 1), (28, 28, 2), (4, 5, 3), (0, 0, 3), (-1, -1, 3), (2, 2, 3, 1)]
+    "shape", [(28, 28), (4, 5, 1), (28, 28, 2), (4, 5, 3), (0, 0, 3), (-1, -1, 3), (2, 2, 3, 1)]
 )
 def test_load_image_rejects_other_input_shapes(tmp_path, shape):
     path = _rgb_3x2_png(tmp_path)
     with pytest.raises(ValueError, match=re.escape(f"Received: input_shape={shape}, path={path}")):
         load_image(path, shape)
+
+
+def test_load_image_square_gray_shape_keeps_gray_levels(tmp_path):
+    # Any gray shape but Omniglot's (28, 28, 1) keeps gray levels: Pillow's "L" conversion.
+    path = _save(tmp_path / "gray.png", np.full((6, 4), 100, np.uint8))
+    x = load_image(path, (3, 3, 1))
+    assert x.shape == (3, 3, 1) and x.dtype == np.float32
+    np.testing.assert_allclose(x, 100 / 255, rtol=1e-6)
+    color = _save(tmp_path / "color.png", np.full((2, 2, 3), (255, 0, 0), np.uint8))
+    np.testing.assert_allclose(load_image(color, (2, 2, 1)), 76 / 255, rtol=1e-6)  # L = 0.299 R
+
+
+def test_stored_pixels_is_load_image_before_scaling(tmp_path):
+    from keras_reptile.data.preprocessing import pixel_scale, stored_pixels
+
+    path = _rgb_3x2_png(tmp_path)
+    for shape in ((28, 28, 1), (5, 5, 1), (5, 5, 3)):
+        with Image.open(path) as image:
+            pixels = stored_pixels(image, shape)
+        assert pixels.dtype == np.uint8 and pixels.shape == shape
+        np.testing.assert_array_equal(
+            pixels.astype(np.float32) * np.float32(pixel_scale(shape)), load_image(path, shape)
+        )
 
 
 @pytest.mark.parametrize("shape", [(28, 28, 1), (84, 84, 3)])

@@ -23,3 +23,10 @@ def test_unknown_model_lists_the_valid_names():
     with pytest.raises(ValueError, match="one of .*omniglot_cnn.*Received: model='resnet'"):
         build_model("resnet", 5, (28, 28, 1))
     assert set(MODELS) == {"omniglot_cnn", "miniimagenet_cnn", "sine_mlp"}
+
+
+def test_a_model_for_other_inputs_is_refused_with_the_ones_that_fit():
+    with pytest.raises(ValueError, match=r"\['sine_mlp'\].*input_shape=\(1,\)"):
+        build_model("omniglot_cnn", 1, (1,))
+    with pytest.raises(ValueError, match=r"\['miniimagenet_cnn', 'omniglot_cnn'\]"):
+        build_model("sine_mlp", 5, (12, 12, 1))

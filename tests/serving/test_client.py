@@ -275,7 +275,7 @@ def test_cli_classifies_a_miniimagenet_task_sent_as_84x84_pngs(tmp_path):
 def test_cli_needs_a_support_set_unless_it_shows_the_card(server):
     result = _cli("--target", server.grpc_target, "--model", "omni")
     assert result.returncode == 2
-    assert "--support is required (unless --show_card)" in result.stderr
+    assert "--support is required (unless --show_card or --enrollment)" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -307,3 +307,46 @@ def test_few_shot_model_answers_as_the_server_does(server, transductive):
     })  # fmt: skip
     np.testing.assert_array_equal(got[sig.CLASSES], served[sig.CLASSES])
     np.testing.assert_allclose(got[sig.PROBABILITIES], served[sig.PROBABILITIES], atol=1e-6)
+
+
+def test_adapt_once_then_predict_equals_adapt_and_predict(server):
+    inputs = task(7, shots=2, queries=6)
+    with Client(server.grpc_target, timeout=30) as client:
+        adapted = client.adapt("omni", inputs[sig.SUPPORT_IMAGES], inputs[sig.SUPPORT_LABELS])
+        assert adapted.version == 2  # pinned to the version that adapted it
+        for transductive in (False, True):
+            whole = client.adapt_and_predict("omni", *inputs.values(), transductive=transductive)
+            part = adapted.predict(inputs[sig.QUERY_IMAGES], transductive=transductive)
+            np.testing.assert_array_equal(part[sig.CLASSES], whole[sig.CLASSES])
+            np.testing.assert_allclose(part[sig.PROBABILITIES], whole[sig.PROBABILITIES], atol=1e-6)
+
+
+@pytest.mark.parametrize("rest", [False, True])
+def test_adapt_once_for_regression_over_both_apis(server, rest):
+    support, targets, queries = sine_task(1).values()
+    with Client(_target(server, rest), rest=rest, timeout=30) as client:
+        adapted = client.adapt("sine", support, targets)
+        assert adapted.version == 1
+        whole = client.adapt_and_predict("sine", support, targets, queries)
+        part = adapted.predict(queries)
+    np.testing.assert_allclose(part[sig.PREDICTIONS], whole[sig.PREDICTIONS], atol=1e-6)
+
+
+def test_cli_enrolls_once_and_classifies_query_files_later(server, tmp_path):
+    rng = np.random.default_rng(1)
+    names = [f"c{i}" for i in range(WAYS)]
+    for name in names:
+        _write_png(tmp_path / "support" / name / "0.png", rng)
+    queries = sorted((tmp_path / "support").rglob("*.png"))
+    enrollment = tmp_path / "task.npz"
+    target = ["--target", server.grpc_target, "--model", "omni"]
+    saved = _cli(*target, "--support", str(tmp_path / "support"),
+                 "--save_enrollment", str(enrollment))  # fmt: skip
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    assert saved.stdout.startswith("enrolled 5 examples with omni version 2")
+    later = _cli(*target, "--enrollment", str(enrollment), "--query", *map(str, queries))
+    assert later.returncode == 0, later.stderr[-3000:]
+    whole = _cli(*target, "--support", str(tmp_path / "support"), "--query", *map(str, queries))
+    assert later.stdout == whole.stdout and len(later.stdout.splitlines()) == 5
+    other = _cli("--target", server.grpc_target, "--model", "sine", "--enrollment", str(enrollment))
+    assert other.returncode == 1 and "was adapted by model 'omni'" in other.stderr

@@ -107,6 +107,7 @@ def test_models_json_summarises_the_served_cards(zoo_server):
         assert model["version"] == newest_version(model["name"])
         for field in site.CARD_FIELDS:
             assert model[field] == expected[field], field
+        assert {"adapt", "predict_adapted", "adapt_and_predict"} <= set(model["signatures"])
     assert listing["preprocessing"] == {
         "reference_size": OMNIGLOT_IMAGE_SIZE,
         "ink_extent": STROKE_INK_EXTENT,
@@ -358,3 +359,34 @@ def test_sine_view_draws_the_curves_after_0_1_and_32_steps(browser, zoo_server):
     assert len(driver.execute_script("return demo.state.sine.points")) == 4
     status = driver.find_element("id", "sine-status").text
     assert "4 points" in status and "32 steps" in status
+
+
+def test_a_changed_query_reuses_the_adaptation(omni_page, zoo_server):
+    driver = omni_page
+    seq = page.last_seq(driver)
+    driver.find_element("id", "random-task").click()
+    first = page.wait_answer(driver, seq)
+    assert first["error"] is None and first["reused"] is False
+    seq = first["seq"]
+    page.draw(driver, pads(driver, "#queries")[0], [[(24, 22), (78, 76)]])  # only the query
+    again = page.wait_answer(driver, seq)
+    assert again["reused"] is True
+    assert "reused the adaptation: 50 inner steps not run again" in (
+        driver.find_element("id", "status").text
+    )
+    request = again["request"]
+    with Client(zoo_server.grpc_target) as client:
+        expected = client.adapt_and_predict(
+            OMNI,
+            images(request["support_images"]).astype(np.float32),
+            np.int32(request["support_labels"]),
+            images(request["query_images"]).astype(np.float32),
+            inner_steps=again["steps"],
+        )
+    np.testing.assert_array_equal(again["outputs"]["classes"], expected["classes"])
+    np.testing.assert_allclose(
+        again["outputs"]["probabilities"], expected["probabilities"], rtol=0, atol=1e-5
+    )
+    page.type_steps(driver, "12")  # the steps decide the adaptation: adapted again
+    third = page.wait_answer(driver, again["seq"])
+    assert third["reused"] is False and third["steps"] == 12
