@@ -10,8 +10,9 @@ Modules:
 - `errors`: `ServingError` (a TF Serving status code and a message) and the code -> HTTP mapping.
 - `validation`: checks a request's tensors (task axis included) against
   `keras_reptile.export.signatures`.
-- `servable`: one loaded version (signatures, defaults, model card, warmup, in-flight count).
-- `cancellation`: stops a running computation when its deadline passes or its client leaves.
+- `servable`: one loaded version in a TF1 Session (signatures run with their request's deadline as
+  timeout, defaults, model card, warmup, in-flight count).
+- `cancellation`: a request's deadline and its client's cancellation.
 - `model_config`: ModelServerConfig parsing, version discovery and version policies.
 - `model_manager`: loads, swaps and unloads versions in a background poller.
 - `service`: the protocol-independent operations (predict, classify, metadata and model card,

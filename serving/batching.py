@@ -15,6 +15,7 @@ one whose batch is already running gets its status at once while the others' ans
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import threading
 import time
@@ -31,10 +32,12 @@ from google.protobuf import (
 )
 
 from keras_reptile.export import signatures as sig
+from serving.admission import Admission
 from serving.cancellation import Cancellation
-from serving.errors import ServingError
+from serving.errors import QUEUE_FULL, ServingError
+from serving.metrics import PROCESSED_BATCH_SIZE, QUEUING_LATENCY, ServingMetrics
 
-QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
+THREAD_POOL_NAME = "task_batching"  # the batching metrics' thread_pool_name label
 
 
 def _batching_parameters_message():
@@ -149,8 +152,9 @@ class BatchingParameters:
 class _Item:
     """One request's task, waiting for its answer."""
 
-    def __init__(self, arrays: Mapping[str, np.ndarray]):
-        self.arrays = arrays
+    def __init__(self, arrays: Mapping[str, np.ndarray], deadline: float | None):
+        self.arrays, self.deadline = arrays, deadline
+        self.queued = time.monotonic()
         self.done = threading.Event()
         self.outputs: dict[str, np.ndarray] | None = None
         self.error: ServingError | None = None
@@ -174,10 +178,19 @@ class TaskBatcher:
 
     Args:
         params: BatchingParameters.
+        admission: Admission or None. Each batch takes one of its computation slots to run
+            (waiting for it without being refused: its requests are queued here already).
+        metrics: ServingMetrics or None. Records each task's time in the queue and each batch's
+            size, under TF Serving's batching metrics (`thread_pool_name` "task_batching").
     """
 
-    def __init__(self, params: BatchingParameters):
-        self.params = params
+    def __init__(
+        self,
+        params: BatchingParameters,
+        admission: Admission | None = None,
+        metrics: ServingMetrics | None = None,
+    ):
+        self.params, self.admission, self.metrics = params, admission, metrics
         self._cond = threading.Condition()
         self._forming: dict[tuple, _Batch] = {}
         self._ready: collections.deque[_Batch] = collections.deque()
@@ -207,7 +220,7 @@ class TaskBatcher:
         cancellation: Cancellation | None = None,
     ) -> dict[str, np.ndarray]:
         """Queues one task (checked `adapt_and_predict` inputs) and waits for its answer."""
-        item = _Item(arrays)
+        item = _Item(arrays, deadline)
         key = batch_key(servable, arrays)
         with self._cond:
             if self._stopped:
@@ -267,21 +280,41 @@ class TaskBatcher:
                 items = list(batch.items)
                 batch.items.clear()  # running: nobody leaves it any more
             if items:
+                self._record(batch.servable, items)
                 self._run(batch.servable, items)
 
+    def _record(self, servable, items: list[_Item]) -> None:
+        if self.metrics is None:
+            return
+        now = time.monotonic()
+        for item in items:
+            self.metrics.observe(QUEUING_LATENCY, (now - item.queued) * 1e6, THREAD_POOL_NAME)
+        self.metrics.observe(PROCESSED_BATCH_SIZE, len(items), servable.name, THREAD_POOL_NAME)
+
+    @staticmethod
+    def _answers(servable, items: list[_Item], deadline: float | None) -> list[dict]:
+        if len(items) == 1:  # nothing to stack: the one-task signature, without a task loop
+            arrays = items[0].arrays
+            return [servable.run(sig.ADAPT_AND_PREDICT, arrays, deadline, check_outputs=False)]
+        stacked = {
+            k: v if k in sig.OPTIONAL_SCALARS else np.stack([it.arrays[k] for it in items])
+            for k, v in items[0].arrays.items()
+        }
+        outputs = servable.run(sig.ADAPT_AND_PREDICT_TASKS, stacked, deadline, check_outputs=False)
+        return [{k: v[t] for k, v in outputs.items()} for t in range(len(items))]
+
     def _run(self, servable, items: list[_Item]) -> None:
+        # The batch runs until its last request's deadline; the others are answered at theirs.
+        deadlines = [item.deadline for item in items]
+        deadline = None if None in deadlines else max(deadlines)
+        slot = (
+            self.admission.slot(deadline, bounded=False)
+            if self.admission is not None
+            else contextlib.nullcontext()
+        )
         try:
-            if len(items) == 1:  # nothing to stack: the one-task signature, without a task loop
-                answers = [
-                    servable.run(sig.ADAPT_AND_PREDICT, items[0].arrays, check_outputs=False)
-                ]
-            else:
-                stacked = {
-                    k: v if k in sig.OPTIONAL_SCALARS else np.stack([it.arrays[k] for it in items])
-                    for k, v in items[0].arrays.items()
-                }
-                outputs = servable.run(sig.ADAPT_AND_PREDICT_TASKS, stacked, check_outputs=False)
-                answers = [{k: v[t] for k, v in outputs.items()} for t in range(len(items))]
+            with slot:
+                answers = self._answers(servable, items, deadline)
             for item, answer in zip(items, answers):
                 item.outputs = answer
                 try:  # one task's non-finite answer fails that request only

@@ -10,13 +10,25 @@ copies of the support set and weights that pass makes.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import grpc
+import numpy as np
 
+from keras_reptile.export import signatures as sig
 from keras_reptile.models.cost import ModelCost
 from serving.errors import ServingError
 
 FLOAT_BYTES = 4
+# Tasks an `adapt_and_predict_tasks` call adapts at once (the export's map_fn runs this many side
+# by side); memory is that many tasks' peak.
+PARALLEL_TASKS = 4
+# The flags' defaults: every zoo protocol passes, even --max_tasks (64) tasks of 20-way 5-shot
+# in one request (about 1,200 GFLOP and 1,650 MiB); 500 support examples adapted for 1,000 steps
+# of 500 (about 8,000 GFLOP) and 200 queries answered non-transductively with 200 support
+# examples (about 8,000 MiB) are refused.
+DEFAULT_MAX_GFLOP = 2000.0
+DEFAULT_MAX_MEMORY_MB = 4096.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +63,41 @@ class RequestCost:
 
     def __str__(self) -> str:
         return f"{self.gflop:.1f} GFLOP and {self.memory_bytes / 2**20:.0f} MiB"
+
+
+def request_shape(
+    spec: sig.SignatureSpec, arrays: Mapping[str, np.ndarray], input_shape: tuple[int, ...]
+) -> RequestShape:
+    """What a prepared request (its optional inputs filled in) asks of the model: the support
+    and query sets of each task and the inner settings, read from the arrays' shapes."""
+    multi = any(i.tasks for i in spec.inputs)
+    lead = 1 if multi else 0
+
+    def count(*keys) -> int:
+        found = [arrays[k] for k in keys if k in arrays]
+        return int(found[0].shape[lead]) if found else 0
+
+    support = count(sig.SUPPORT_IMAGES, sig.SUPPORT_INPUTS)
+    queries = count(sig.QUERY_IMAGES, sig.QUERY_INPUTS, sig.IMAGES, sig.INPUTS)
+    tasks = 1
+    if multi:
+        tasks = int(
+            next(arrays[i.key] for i in spec.inputs if i.tasks and i.key in arrays).shape[0]
+        )
+
+    def scalar(key, default):
+        return np.asarray(arrays[key]).item() if key in arrays else default
+
+    return RequestShape(
+        tasks=tasks,
+        support=support,
+        queries=queries,
+        inner_steps=int(scalar(sig.INNER_STEPS, 0)) if support else 0,
+        inner_batch=int(scalar(sig.INNER_BATCH_SIZE, 0)) if support else 0,
+        transductive=bool(scalar(sig.TRANSDUCTIVE, True)) or not support,
+        input_floats=int(np.prod(input_shape)),
+        concurrent_tasks=PARALLEL_TASKS,
+    )
 
 
 def estimate(model: ModelCost, r: RequestShape) -> RequestCost:

@@ -30,6 +30,8 @@ HTTP_STATUS = {
     grpc.StatusCode.DATA_LOSS: 500,
     grpc.StatusCode.UNAUTHENTICATED: 401,
 }
+# TF Serving's words for a full queue (its batching's, used for every queue here): UNAVAILABLE.
+QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
 MAX_MESSAGE_CHARS = 1024  # TF Serving's grpc_status_util.cc cuts longer messages.
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 

@@ -27,24 +27,39 @@ from tensorflow_serving.apis import (
 )
 
 from serving import validation
-from serving.cancellation import Cancellation
+from serving.cancellation import Cancellation, Timeouts
 from serving.errors import ServingError, invalid
+from serving.metrics import ServingMetrics
 from serving.service import MODEL_CARD, SIGNATURE_DEF, Service, Target, check_deadline
 
 SERVICE_NAMES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 
 
-def _answer(context: grpc.ServicerContext, method: str, fn: Callable):
-    """Runs `fn`, turning a ServingError (or anything unexpected) into a gRPC status."""
+def _answer(
+    context: grpc.ServicerContext,
+    method: str,
+    fn: Callable,
+    metrics: ServingMetrics | None = None,
+    model_name: str = "",
+):
+    """Runs `fn`, turning a ServingError (or anything unexpected) into a gRPC status; counts
+    the request and its latency in `metrics` (under `model_name`)."""
+    start, code = time.monotonic(), grpc.StatusCode.OK
     try:
         return fn()
     except ServingError as e:
+        code = e.code
         if e.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
             logging.info("%s: %s", method, e.message)
         context.abort(e.code, e.message)
     except Exception as e:  # a bad request never takes the server down
+        code = grpc.StatusCode.INTERNAL
         logging.exception("%s failed", method)
         context.abort(grpc.StatusCode.INTERNAL, f"{method} internal error: {type(e).__name__}")
+    finally:
+        if metrics is not None:
+            seconds = time.monotonic() - start
+            metrics.record_request(model_name, method, "GRPC", code.name, seconds)
 
 
 def _target(request) -> Target:
@@ -61,16 +76,16 @@ def _target(request) -> Target:
     return Target(spec.name)
 
 
-def _deadline(context: grpc.ServicerContext) -> tuple[float | None, Cancellation]:
-    """The request's deadline, and a Cancellation fired when the RPC ends early."""
-    remaining = context.time_remaining()
-    deadline = None if remaining is None else time.monotonic() + remaining
+def _deadline(context: grpc.ServicerContext, timeouts: Timeouts) -> tuple[float, Cancellation]:
+    """The request's deadline (the client's, else the server's default, cut to the server's
+    maximum), and a Cancellation fired when the RPC ends early."""
+    deadline, reason = timeouts.grpc(context.time_remaining())
     check_deadline(deadline, "the request")
-    cancellation = Cancellation()
+    cancellation = Cancellation(reason)
 
     def on_rpc_end():
-        if deadline is not None and time.monotonic() >= deadline - 0.01:
-            cancellation.cancel(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed")
+        if time.monotonic() >= deadline - 0.01:
+            cancellation.cancel(grpc.StatusCode.DEADLINE_EXCEEDED, reason)
         else:
             cancellation.cancel(grpc.StatusCode.CANCELLED, "the client cancelled the request")
 
@@ -101,10 +116,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, service: Service):
         self._service = service
 
+    def _answer(self, context, method: str, fn: Callable, request):
+        name = request.model_spec.name
+        return _answer(context, method, fn, self._service.metrics, name)
+
     def Predict(self, request, context):
         def run():
             target = _target(request)
-            deadline, cancellation = _deadline(context)
+            deadline, cancellation = _deadline(context, self._service.timeouts)
             result = self._service.predict(
                 target,
                 request.model_spec.signature_name,
@@ -123,12 +142,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
             return response
 
-        return _answer(context, "Predict", run)
+        return self._answer(context, "Predict", run, request)
 
     def Classify(self, request, context):
         def run():
             target = _target(request)
-            deadline, cancellation = _deadline(context)
+            deadline, cancellation = _deadline(context, self._service.timeouts)
             kind = request.input.WhichOneof("kind")
             if kind == "example_list":
                 examples, shared = request.input.example_list.examples, {}
@@ -157,7 +176,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     classification.classes.add(label=str(label), score=float(score))
             return response
 
-        return _answer(context, "Classify", run)
+        return self._answer(context, "Classify", run, request)
 
     def Regress(self, request, context):
         context.abort(
@@ -183,7 +202,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.metadata[MODEL_CARD].Pack(card)
             return response
 
-        return _answer(context, "GetModelMetadata", run)
+        return self._answer(context, "GetModelMetadata", run, request)
 
 
 def signature_map(signature_defs) -> get_model_metadata_pb2.SignatureDefMap:
@@ -223,9 +242,15 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def build_server(
-    service: Service, host: str, port: int, workers: int, max_message_bytes: int
+    service: Service,
+    host: str,
+    port: int,
+    workers: int,
+    max_message_bytes: int,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """A started gRPC server with the three services; returns it, its port and its health."""
+    """A started gRPC server with the three services (over TLS with `credentials`, from
+    `serving.tls`); returns it, its port and its health."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
         options=[
@@ -242,7 +267,10 @@ def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
-        bound = server.add_insecure_port(address)
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError:
         bound = 0
     if bound == 0:

@@ -36,9 +36,20 @@ class ServerProcess:
         cwd: str or None. Working directory (where `saved_models/` is looked for).
         rest: bool. Whether to open the REST port.
         startup_timeout: float. Seconds to wait for SERVING.
+        channel_credentials: grpc.ChannelCredentials or None. How the health check connects to
+            a server given `--ssl_config_file`.
     """
 
-    def __init__(self, args, *, cwd=None, rest: bool = True, startup_timeout: float = 180.0):
+    def __init__(
+        self,
+        args,
+        *,
+        cwd=None,
+        rest: bool = True,
+        startup_timeout: float = 180.0,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+    ):
+        self.channel_credentials = channel_credentials
         self.port = free_port()
         self.rest_port = free_port() if rest else 0
         self.args = [f"--port={self.port}", f"--rest_api_port={self.rest_port}", *args]
@@ -74,7 +85,11 @@ class ServerProcess:
 
     def wait_serving(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
-        with grpc.insecure_channel(self.grpc_target) as channel:
+        if self.channel_credentials is None:
+            channel = grpc.insecure_channel(self.grpc_target)
+        else:
+            channel = grpc.secure_channel(self.grpc_target, self.channel_credentials)
+        with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:

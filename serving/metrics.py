@@ -175,6 +175,10 @@ class ServingMetrics:
             self.increment(TASKS_ADAPTED, model_name, by=tasks)
             self.increment(INNER_STEPS, model_name, by=tasks * steps)
 
+    def computation_wait(self, seconds: float) -> None:
+        """A computation's wait for its slot (admission control), as a queuing latency."""
+        self.observe(QUEUING_LATENCY, seconds * 1e6, "computations")
+
     def record_load(self, model_path: str, ok: bool, seconds: float) -> None:
         """One attempt to load a SavedModel version."""
         self.increment(LOAD_ATTEMPT_COUNT, model_path, "success" if ok else "fail")

@@ -1,12 +1,14 @@
 """Keeps the served versions up to date: discovers, loads, swaps and unloads them.
 
 A background poller lists each model's base folder every `--file_system_poll_wait_seconds`, applies
-the version policy, loads new versions (`tf.saved_model.load` plus a warmup run: a version is only
-AVAILABLE once both succeed) and unloads versions the policy no longer wants. A version that fails
+the version policy, loads new versions (`Servable.load` into a Session plus a warmup run: a
+version is only AVAILABLE once both succeed) and unloads versions the policy no longer wants (their
+Sessions closed once their requests are done). A version that fails
 is END with its error and is left out of the policy, so it never replaces one that is serving; it
 is retried only if its files change. Requests resolve against an immutable snapshot that is
 swapped in one assignment, so they never see a half-updated map, and an unloading version waits
-for the requests it is running.
+for the requests it is running. With `watch_config_file`, the model config file is re-read and
+applied when it changes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator, Mapping
 
 import grpc
@@ -22,6 +25,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 
 from serving import model_config
 from serving.errors import ServingError, from_tf_error, invalid, not_found
+from serving.metrics import WARMUP_LATENCY, ServingMetrics
 from serving.model_config import ModelServerConfig, ModelSource
 from serving.servable import Servable
 from serving.validation import Limits
@@ -66,6 +70,7 @@ class ModelManager:
         zoo_root: str or None. Serve every folder of this directory, rescanned at each poll.
         poll_seconds: float. Seconds between polls; 0 or less polls once, at `start`.
         allow_unavailable_labels: bool. Allow labels that point at versions not loaded.
+        metrics: ServingMetrics or None. Records each load's outcome and latency, and warmups.
     """
 
     def __init__(
@@ -76,7 +81,9 @@ class ModelManager:
         zoo_root: str | None = None,
         poll_seconds: float = 1.0,
         allow_unavailable_labels: bool = False,
+        metrics: ServingMetrics | None = None,
     ):
+        self._metrics = metrics
         self._sources, self._zoo_root, self._limits = list(sources), zoo_root, limits
         self._poll_seconds, self._allow_unavailable_labels = poll_seconds, allow_unavailable_labels
         self._lock = threading.RLock()  # serializes polls, reloads and stop
@@ -88,6 +95,7 @@ class ModelManager:
         self._status: dict[str, dict[int, VersionStatus]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watchers: list[threading.Thread] = []
 
     # Lifecycle.
 
@@ -103,14 +111,37 @@ class ModelManager:
     def stop(self) -> None:
         """Stops polling and unloads every version (waiting for their requests)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        for thread in [self._thread, *self._watchers]:
+            if thread is not None:
+                thread.join()
         with self._lock:
             servables = [s for versions in self._servables.values() for s in versions.values()]
             self._servables = {}
             self._publish()
             for servable in servables:
                 self._unload(servable)
+
+    def watch_config_file(self, path: str, seconds: float, applied: ModelServerConfig) -> None:
+        """Re-reads the ModelServerConfig at `path` every `seconds` (`--model_config_file_poll_
+        wait_seconds`) and serves exactly its models when it changes from `applied` (the config
+        the manager started with), as a reload request would. A file that cannot be read or
+        applied is logged and the models served stay as they are, as in TF Serving."""
+
+        def watch():
+            last = applied
+            while not self._stop.wait(seconds):
+                try:
+                    config = model_config.read_config_file(path)
+                    if config != last:
+                        logging.info("Model config file %s changed; reloading it", path)
+                        last = config
+                        self.reload_config(config)
+                except Exception as e:  # the watcher must survive anything
+                    message = getattr(e, "message", str(e))
+                    logging.error("Reloading the model config file %s failed: %s", path, message)
+
+        self._watchers.append(threading.Thread(target=watch, name="config-poller", daemon=True))
+        self._watchers[-1].start()
 
     def _run(self) -> None:
         while not self._stop.wait(self._poll_seconds):
@@ -277,10 +308,21 @@ class ModelManager:
         self._set_status(name, version, State.START)
         self._set_status(name, version, State.LOADING)
         logging.info("Loading version %d of model %s from %s", version, name, path)
+        start, servable = time.monotonic(), None
         try:
             servable = Servable.load(name, version, path)
+            loaded = time.monotonic()
+            if self._metrics is not None:
+                self._metrics.record_load(path, True, loaded - start)
             records = servable.warm_up(self._limits)
+            servable.model_cost()  # built now, not by the first request
+            if self._metrics is not None:
+                self._metrics.observe(WARMUP_LATENCY, (time.monotonic() - loaded) * 1e6, path)
         except Exception as e:  # reported in GetModelStatus
+            if servable is None and self._metrics is not None:
+                self._metrics.record_load(path, False, 0.0)
+            elif servable is not None:
+                servable.close()
             error = _load_error(e, name, version, path)
             self._failed[(name, version)] = model_config.fingerprint(path)
             self._set_status(name, version, State.END, error.code, error.message)
@@ -304,6 +346,7 @@ class ModelManager:
     def _unload(self, servable: Servable) -> None:
         self._set_status(servable.name, servable.version, State.UNLOADING)
         servable.retire()
+        servable.close()
         self._set_status(servable.name, servable.version, State.END)
         logging.info("Unloaded version %d of model %s", servable.version, servable.name)
 

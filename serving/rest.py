@@ -6,6 +6,7 @@
   (`ModelCard.to_dict()`; NOT_FOUND if it has none), an extension TF Serving does not have.
 - `POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict` (and `:classify`).
 - `GET /demo/...`: the browser demo (`serving.demo.site`), unless turned off (then NOT_FOUND).
+- `GET <prometheus_config.path>`: the Prometheus metrics, with `--monitoring_config_file`.
 Errors are `{"error": "<message>"}` with the HTTP status of the TF Serving code.
 """
 
@@ -23,7 +24,7 @@ import grpc
 from absl import logging
 from google.protobuf import json_format
 
-from serving import json_codec, validation
+from serving import json_codec, metrics, validation
 from serving.cancellation import Cancellation
 from serving.demo import site as demo_site
 from serving.errors import ServingError, invalid, not_found
@@ -58,9 +59,18 @@ class RestServer(ThreadingHTTPServer):
     block_on_close = True
 
     def __init__(
-        self, address: tuple[str, int], service: Service, timeout_ms: int, demo: bool = True
+        self,
+        address: tuple[str, int],
+        service: Service,
+        demo: bool = True,
+        metrics_path: str | None = None,
     ):
-        self.service, self.timeout_ms, self.demo = service, timeout_ms, demo
+        if metrics_path is not None and service.metrics is None:
+            raise ValueError(
+                f"Serving metrics at a path needs a Service with metrics. "
+                f"Received: metrics_path={metrics_path!r}"
+            )
+        self.service, self.demo, self.metrics_path = service, demo, metrics_path
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
@@ -97,17 +107,30 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _handle(self, method: str, fn) -> None:
+        start, code = time.monotonic(), grpc.StatusCode.OK
         try:
             status, body = 200, fn()
         except ServingError as e:
-            status, body = e.http_status, {"error": e.message}
+            status, body, code = e.http_status, {"error": e.message}, e.code
         except Exception as e:  # a bad request never takes the server down
             logging.exception("REST %s %s failed", method, self.path)
             status, body = 500, {"error": f"Internal error: {type(e).__name__}"}
+            code = grpc.StatusCode.INTERNAL
+        self._record(method, code, time.monotonic() - start)
         try:
             self._send(status, body)
         except OSError:
             logging.info("REST client went away before its answer was sent")
+
+    def _record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        """Counts a :predict or :classify request in the metrics, as TF Serving does."""
+        recorder = self.server.service.metrics
+        match = _POST.fullmatch(urllib.parse.urlsplit(self.path).path)
+        if recorder is None or method != "POST" or match is None:
+            return
+        api = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
+        name = urllib.parse.unquote(match.group(1))
+        recorder.record_request(name, api[match.group(4).lower()], "REST", code.name, seconds)
 
     def _malformed(self) -> dict:
         raise invalid(f"Malformed request: {self.command} {self.path}")
@@ -126,6 +149,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _get(self) -> dict | demo_site.Response:
         url = urllib.parse.urlsplit(self.path)
+        if self.server.metrics_path is not None and url.path == self.server.metrics_path:
+            text = self.server.service.metrics.exposition()
+            return demo_site.Response(200, metrics.CONTENT_TYPE, text)
         if demo_site.is_demo_path(url.path):
             if not self.server.demo:
                 raise not_found(f"Not found: {url.path} (the demo is off: --demo=false)")
@@ -193,22 +219,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not match:
             self._malformed()
         name, version, label, verb = match.groups()
-        deadline = time.monotonic() + self.server.timeout_ms / 1000.0
+        deadline, reason = self.server.service.timeouts.rest()
         target = _target(name, version, label)
         body = self._read_json()
         check_deadline(deadline, "the request")
         signature_name = json_codec.signature_name_of(body)
         verb = verb.lower()
-        cancellation = Cancellation()
-        timer = cancellation.cancel_after(
-            deadline - time.monotonic(),
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            "the REST timeout (--rest_api_timeout_in_ms) passed",
-        )
-        try:
-            return self._run(verb, target, signature_name, body, deadline, cancellation)
-        finally:
-            timer.cancel()
+        cancellation = Cancellation(reason)
+        return self._run(verb, target, signature_name, body, deadline, cancellation)
 
     def _run(self, verb, target, signature_name, body, deadline, cancellation) -> dict:
         service = self.server.service
@@ -233,10 +251,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def build_server(
-    service: Service, host: str, port: int, timeout_ms: int, demo: bool = True
+    service: Service, host: str, port: int, demo: bool = True, metrics_path: str | None = None
 ) -> RestServer:
     """A REST server bound to `host:port`, serving in a background thread (and the browser demo
-    at `/demo/` if `demo`)."""
-    server = RestServer((host, port), service, timeout_ms, demo)
+    at `/demo/` if `demo`, Prometheus metrics at `metrics_path` if given). Requests get the
+    deadline of `service.timeouts.rest()`."""
+    server = RestServer((host, port), service, demo, metrics_path)
     server.serve_in_thread()
     return server

@@ -1,13 +1,15 @@
 """One loaded version of a model: its signatures, their defaults, its model card, its requests.
 
 `Servable.run` is the one function that executes a validated request, for gRPC, REST and warmup
-alike. It calls the concrete signature functions of `tf.saved_model.load`, which never write a
-variable, so concurrent requests share nothing mutable.
+alike. As in `tensorflow_model_server`, the SavedModel is loaded into a TF1 `tf.compat.v1.Session`
+(`tf.compat.v1.saved_model.loader.load`) and a signature is one `Session` run of its inputs and
+outputs, given `RunOptions(timeout_in_ms=...)` from the request's deadline: TensorFlow stops a run
+whose timeout passes mid-computation. The signatures write no variable, so concurrent runs share
+nothing mutable.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Mapping
@@ -15,13 +17,14 @@ from collections.abc import Mapping
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.saved_model import loader_impl
 
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
 from keras_reptile.export.saved_model import warmup_arrays
+from keras_reptile.models import build_model
+from keras_reptile.models.cost import ModelCost
 from serving import validation
-from serving.cancellation import Cancellation
+from serving.cancellation import remaining_ms
 from serving.errors import ServingError, from_tf_error, invalid
 
 MAX_WARMUP_RECORDS = 1000  # TF Serving's kMaxNumRecords.
@@ -97,44 +100,75 @@ class Servable:
         specs: dict name -> SignatureSpec of each callable signature.
     """
 
-    def __init__(self, name, version, path, loaded, signature_defs, card):
+    def __init__(self, name, version, path, session, signature_defs, card):
         self.name, self.version, self.path = name, int(version), path
-        self._loaded = loaded  # keeps the functions' variables alive
+        self._session = session  # holds the graph and its variables
         self.signature_defs = signature_defs
         self.card = card
         self.info = _model_info(signature_defs, card)
         contract = sig.signature_specs(
             self.info.input_shape, self.info.regression, _num_weights(signature_defs)
         )
-        self._functions, self.specs, self.defaults = {}, {}, {}
-        for name_, fn in loaded.signatures.items():
-            sdef = signature_defs[name_]
+        self.specs, self.defaults = {}, {}
+        for name_, sdef in signature_defs.items():
+            if name_ == _INIT_OP:
+                continue
             if name_ in contract:
                 _check_contract(name_, sdef, contract[name_], path)
                 self.specs[name_] = contract[name_]
             else:
                 self.specs[name_] = _generic_spec(name_, sdef)
-            self._functions[name_] = fn
             self.defaults[name_] = {k: tf.make_ndarray(v) for k, v in sdef.defaults.items()}
+        self._callables: dict[tuple, tuple] = {}
+        self._model_cost: ModelCost | None = None
+        self._callables_lock = threading.Lock()
         self._cond = threading.Condition()
         self._in_flight, self._retired = 0, False
 
     @classmethod
     def load(cls, name: str, version: int, path: str) -> Servable:
-        """Loads the SavedModel at `path` (tag `serve`) with its model card."""
-        saved_model = loader_impl.parse_saved_model(path)
-        graphs = [g for g in saved_model.meta_graphs if "serve" in g.meta_info_def.tags]
-        if not graphs:
-            raise invalid(f"The SavedModel at {path} has no MetaGraph tagged 'serve'.")
-        signature_defs = dict(graphs[0].signature_def)
+        """Loads the SavedModel at `path` (tag `serve`) into a Session, with its model card.
+
+        The Session's thread pools are sized as TensorFlow's (`tf.config.threading`).
+        """
         card = None
         if os.path.exists(os.path.join(path, "assets.extra", sig.CARD_FILE)):
             try:
                 card = ModelCard.read(path)
             except ValueError as e:
                 raise invalid(str(e)) from None
-        loaded = tf.saved_model.load(path, tags=["serve"])
-        return cls(name, version, path, loaded, signature_defs, card)
+        graph = tf.Graph()
+        config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+            inter_op_parallelism_threads=tf.config.threading.get_inter_op_parallelism_threads(),
+        )
+        session = tf.compat.v1.Session(graph=graph, config=config)
+        try:
+            with graph.as_default():
+                meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+            return cls(name, version, path, session, dict(meta_graph.signature_def), card)
+        except RuntimeError as e:  # the loader's "MetaGraphDef associated with tags ..."
+            session.close()
+            message = f"The SavedModel at {path} has no MetaGraph tagged 'serve': {e}"
+            raise invalid(message) from None
+        except BaseException:
+            session.close()
+            raise
+
+    def model_cost(self) -> ModelCost | None:
+        """Per-example costs of the model the card's recipe builds (None without a card), for
+        `serving.cost`; built once."""
+        with self._callables_lock:
+            if self._model_cost is None and self.card is not None:
+                model = build_model(
+                    self.card.recipe.model, self.card.recipe.classes, self.info.input_shape
+                )
+                self._model_cost = ModelCost.of(model)
+            return self._model_cost
+
+    def close(self) -> None:
+        """Frees the Session (its graph and variables); the version serves no more."""
+        self._session.close()
 
     def __repr__(self) -> str:
         return f"Servable({self.name!r}, version={self.version})"
@@ -166,29 +200,47 @@ class Servable:
         self,
         signature_name: str,
         arrays: Mapping[str, np.ndarray],
-        cancellation: Cancellation | None = None,
+        deadline: float | None = None,
         check_outputs: bool = True,
+        deadline_reason: str = "the deadline passed",
     ) -> dict[str, np.ndarray]:
         """Executes a prepared request; every output is checked to be finite (`check_outputs`).
 
-        `cancellation`, when cancelled, stops the computation (DEADLINE_EXCEEDED or CANCELLED).
+        `deadline` (a `time.monotonic()` value) is the run's timeout: TensorFlow stops the
+        computation when it passes (DEADLINE_EXCEEDED, the message ending `deadline_reason`).
         """
         context = self._context(signature_name)
-        fn = self._functions[signature_name]
-        scope = cancellation.active() if cancellation else contextlib.nullcontext()
+        call, keys, outputs = self._callable(signature_name, tuple(sorted(arrays)))
+        options = tf.compat.v1.RunOptions(timeout_in_ms=remaining_ms(deadline))
         try:
-            with scope:
-                result = fn(**{k: tf.constant(v) for k, v in arrays.items()})
-                outputs = {k: v.numpy() for k, v in result.items()}
+            values = call(*(arrays[k] for k in keys), options=options)
+        except tf.errors.DeadlineExceededError:
+            raise ServingError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"Running {context} was stopped: {deadline_reason}.",
+            ) from None
         except Exception as e:  # reported to the client as a status
-            if cancellation is not None and cancellation.code is not None:
-                raise ServingError(
-                    cancellation.code, f"Running {context} was stopped: {cancellation.reason}."
-                ) from None
             raise from_tf_error(e, context) from None
+        result = dict(zip(outputs, values))
         if check_outputs:
-            self.check_outputs(signature_name, outputs)
-        return outputs
+            self.check_outputs(signature_name, result)
+        return result
+
+    def _callable(self, signature_name: str, keys: tuple[str, ...]) -> tuple:
+        """The Session callable feeding `keys` and fetching every output (made once)."""
+        with self._callables_lock:
+            found = self._callables.get((signature_name, keys))
+            if found is None:
+                sdef = self.signature_defs[signature_name]
+                graph = self._session.graph
+                outputs = tuple(sorted(sdef.outputs))
+                call = self._session.make_callable(
+                    [graph.get_tensor_by_name(sdef.outputs[k].name) for k in outputs],
+                    [graph.get_tensor_by_name(sdef.inputs[k].name) for k in keys],
+                    accept_options=True,
+                )
+                found = self._callables[signature_name, keys] = (call, keys, outputs)
+            return found
 
     def _context(self, signature_name: str) -> str:
         return f'signature "{signature_name}" of model {self.name} version {self.version}'

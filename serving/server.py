@@ -19,9 +19,15 @@ import threading
 from absl import app, flags, logging
 
 from keras_reptile.training.strategy import set_threads
-from serving import grpc_service, model_config, rest
+from serving import grpc_service, model_config, rest, tls
+from serving.admission import Admission
 from serving.batching import BatchingParameters, TaskBatcher
+from serving.cancellation import Timeouts
+from serving.config_protos import Monitoring
+from serving.cost import DEFAULT_MAX_GFLOP, DEFAULT_MAX_MEMORY_MB, CostLimits
 from serving.errors import ServingError
+from serving.metrics import ServingMetrics
+from serving.model_config import ModelServerConfig
 from serving.model_manager import ModelManager
 from serving.service import Service
 from serving.validation import Limits
@@ -32,10 +38,25 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("port", 8500, "Port to listen on for gRPC.")
 flags.DEFINE_integer("rest_api_port", 8501, "Port to listen on for the REST API; 0 turns it off.")
 flags.DEFINE_integer("rest_api_timeout_in_ms", 30000, "Timeout of a REST request, in ms.")
+flags.DEFINE_integer(
+    "request_timeout_in_ms", 30000, "Deadline of a gRPC request that sets none, in ms."
+)
+flags.DEFINE_integer(
+    "max_request_timeout_in_ms",
+    60000,
+    "Longest any request may run, in ms: later gRPC deadlines and a longer REST timeout are cut "
+    "to it. The work of a request stops when its deadline passes.",
+)
 flags.DEFINE_string("model_name", "default", "Name of the model (with --model_base_path).")
 flags.DEFINE_string("model_base_path", "", "Folder of the model's integer version folders.")
 flags.DEFINE_string(
     "model_config_file", "", "A text-format ModelServerConfig; overrides the two flags above."
+)
+flags.DEFINE_float(
+    "model_config_file_poll_wait_seconds",
+    0.0,
+    "Seconds between reads of --model_config_file; a changed file is applied as a reload "
+    "request would (0: read once, at startup).",
 )
 flags.DEFINE_float(
     "file_system_poll_wait_seconds",
@@ -52,8 +73,29 @@ flags.DEFINE_integer("max_support", 500, "Most support examples of a task.")
 flags.DEFINE_integer("max_queries", 500, "Most query (or serving_default) examples of a task.")
 flags.DEFINE_integer("max_tasks", 64, "Most tasks in one adapt_and_predict_tasks request.")
 flags.DEFINE_integer("max_inner_steps", 1000, "Largest inner_steps a request may ask for.")
+flags.DEFINE_float(
+    "max_request_gflop",
+    DEFAULT_MAX_GFLOP,
+    "Most floating-point work one request may need, in GFLOP, estimated from its shapes and "
+    "settings before it runs (0: no limit); more is RESOURCE_EXHAUSTED.",
+)
+flags.DEFINE_float(
+    "max_request_memory_mb",
+    DEFAULT_MAX_MEMORY_MB,
+    "Most memory one request may need, in MiB, estimated before it runs (0: no limit).",
+)
 flags.DEFINE_integer("max_message_bytes", 64 * 2**20, "Largest gRPC message or REST body.")
 flags.DEFINE_integer("grpc_workers", 16, "gRPC worker threads (requests run in parallel).")
+flags.DEFINE_integer(
+    "max_concurrent_computations",
+    4,
+    "Signature runs (or task batches) computing at once, over gRPC and REST together.",
+)
+flags.DEFINE_integer(
+    "max_queued_computations",
+    8,
+    "Requests that may wait for a computation slot; past that they are refused (UNAVAILABLE).",
+)
 # TF Serving's names. One thread per kernel: concurrent requests then share the cores instead of
 # each splitting small kernels across them (benchmarks/serving_load.py).
 flags.DEFINE_integer(
@@ -75,6 +117,18 @@ flags.DEFINE_string(
     "A text-format BatchingParameters (max_batch_size counts tasks, batch_timeout_micros, "
     "num_batch_threads, max_enqueued_batches); the defaults otherwise. Needs --enable_batching.",
 )
+flags.DEFINE_string(
+    "ssl_config_file",
+    "",
+    "A text-format SSLConfig (server_key, server_cert, custom_ca, client_verify; PEM text): gRPC "
+    "over TLS, with client certificates when client_verify is true.",
+)
+flags.DEFINE_string(
+    "monitoring_config_file",
+    "",
+    "A text-format MonitoringConfig; prometheus_config { enable: true } serves TF Serving's "
+    "metrics at its path (/monitoring/prometheus/metrics) on the REST port.",
+)
 flags.DEFINE_bool(
     "demo", True, "Serve the browser demo at /demo/ on the REST port (serving/demo/)."
 )
@@ -87,41 +141,67 @@ def _check_flags() -> None:
             raise app.UsageError(
                 f"--{name} must be in [{low}, 65535]. Received: {FLAGS[name].value}"
             )
-    for name in ("max_support", "max_queries", "max_tasks", "max_message_bytes", "grpc_workers"):
+    for name in (
+        "max_support",
+        "max_queries",
+        "max_tasks",
+        "max_message_bytes",
+        "grpc_workers",
+        "max_concurrent_computations",
+        "rest_api_timeout_in_ms",
+        "request_timeout_in_ms",
+        "max_request_timeout_in_ms",
+    ):
         if FLAGS[name].value < 1:
             raise app.UsageError(f"--{name} must be >= 1. Received: {FLAGS[name].value}")
     for name in (
+        "max_queued_computations",
+        "max_request_gflop",
+        "max_request_memory_mb",
         "max_inner_steps",
         "tensorflow_intra_op_parallelism",
         "tensorflow_inter_op_parallelism",
     ):
         if FLAGS[name].value < 0:
             raise app.UsageError(f"--{name} must be >= 0. Received: {FLAGS[name].value}")
+    computations = FLAGS.max_concurrent_computations + FLAGS.max_queued_computations
+    if FLAGS.grpc_workers <= computations:
+        raise app.UsageError(
+            "--grpc_workers must exceed --max_concurrent_computations + --max_queued_computations, "
+            "so that status and metadata requests always find a thread. Received: "
+            f"grpc_workers={FLAGS.grpc_workers}, "
+            f"max_concurrent_computations={FLAGS.max_concurrent_computations}, "
+            f"max_queued_computations={FLAGS.max_queued_computations}"
+        )
     if FLAGS.batching_parameters_file and not FLAGS.enable_batching:
         raise app.UsageError("--batching_parameters_file needs --enable_batching.")
     if FLAGS["model_name"].present and not (FLAGS.model_base_path or FLAGS.model_config_file):
         raise app.UsageError("--model_name needs --model_base_path (or use --model_config_file).")
 
 
-def build_manager(limits: Limits) -> ModelManager:
-    """The ModelManager the model flags describe (config file, one model, or the zoo)."""
+def build_manager(
+    limits: Limits, metrics: ServingMetrics | None
+) -> tuple[ModelManager, ModelServerConfig | None]:
+    """The ModelManager the model flags describe (config file, one model, or the zoo), and the
+    config file's contents (None without one)."""
     options = dict(
         poll_seconds=FLAGS.file_system_poll_wait_seconds,
         allow_unavailable_labels=FLAGS.allow_version_labels_for_unavailable_models,
+        metrics=metrics,
     )
     if FLAGS.model_config_file:
         config = model_config.read_config_file(FLAGS.model_config_file)
-        return ModelManager(model_config.sources_from_config(config), limits, **options)
+        return ModelManager(model_config.sources_from_config(config), limits, **options), config
     if FLAGS.model_base_path:
         config = model_config.config_from_flags(FLAGS.model_name, FLAGS.model_base_path)
-        return ModelManager(model_config.sources_from_config(config), limits, **options)
+        return ModelManager(model_config.sources_from_config(config), limits, **options), None
     root = os.path.abspath(ZOO_DIR)
     if not os.path.isdir(root):
         raise ValueError(
             f"No model flags and no {ZOO_DIR}/ folder in {os.getcwd()}: pass --model_base_path "
             "(with --model_name) or --model_config_file, or run where saved_models/ is."
         )
-    return ModelManager([], limits, zoo_root=root, **options)
+    return ModelManager([], limits, zoo_root=root, **options), None
 
 
 def main(argv: list[str]) -> None:
@@ -137,6 +217,21 @@ def main(argv: list[str]) -> None:
         FLAGS.max_tasks,
     )
     try:
+        monitoring = Monitoring.read(FLAGS.monitoring_config_file)
+        credentials = (
+            tls.server_credentials(FLAGS.ssl_config_file) if FLAGS.ssl_config_file else None
+        )
+    except ValueError as e:
+        sys.exit(f"serving.server: {e}")
+    if monitoring.prometheus and not FLAGS.rest_api_port:
+        raise app.UsageError("Prometheus metrics (--monitoring_config_file) need --rest_api_port.")
+    metrics = ServingMetrics() if monitoring.prometheus else None
+    admission = Admission(
+        FLAGS.max_concurrent_computations,
+        FLAGS.max_queued_computations,
+        on_wait=metrics.computation_wait if metrics is not None else None,
+    )
+    try:
         batcher = None
         if FLAGS.enable_batching:
             params = (
@@ -144,35 +239,59 @@ def main(argv: list[str]) -> None:
                 if FLAGS.batching_parameters_file
                 else BatchingParameters()
             )
-            batcher = TaskBatcher(params)
+            batcher = TaskBatcher(params, admission, metrics)
             logging.info("Task batching on: %s", params)
-        manager = build_manager(limits)
+        manager, config = build_manager(limits, metrics)
         manager.start()
+        if config is not None and FLAGS.model_config_file_poll_wait_seconds > 0:
+            manager.watch_config_file(
+                FLAGS.model_config_file, FLAGS.model_config_file_poll_wait_seconds, config
+            )
     except (ValueError, ServingError) as e:
         sys.exit(f"serving.server: {getattr(e, 'message', e)}")
-    service = Service(manager, limits, batcher)
+    timeouts = Timeouts(
+        FLAGS.request_timeout_in_ms, FLAGS.max_request_timeout_in_ms, FLAGS.rest_api_timeout_in_ms
+    )
+    service = Service(
+        manager,
+        limits,
+        batcher,
+        timeouts=timeouts,
+        admission=admission,
+        metrics=metrics,
+        cost_limits=CostLimits(FLAGS.max_request_gflop, FLAGS.max_request_memory_mb),
+    )
     try:
         grpc_server, port, health = grpc_service.build_server(
-            service, FLAGS.host, FLAGS.port, FLAGS.grpc_workers, FLAGS.max_message_bytes
+            service,
+            FLAGS.host,
+            FLAGS.port,
+            FLAGS.grpc_workers,
+            FLAGS.max_message_bytes,
+            credentials,
         )
         rest_server = None
         if FLAGS.rest_api_port:
+            metrics_path = monitoring.path if monitoring.prometheus else None
             rest_server = rest.build_server(
-                service,
-                FLAGS.host,
-                FLAGS.rest_api_port,
-                FLAGS.rest_api_timeout_in_ms,
-                FLAGS.demo,
+                service, FLAGS.host, FLAGS.rest_api_port, FLAGS.demo, metrics_path
             )
     except OSError as e:
         manager.stop()
         sys.exit(f"serving.server: {e}")
     logging.info("Serving models %s", manager.model_names())
-    logging.info("Running gRPC ModelServer at %s:%d ...", FLAGS.host, port)
+    logging.info(
+        "Running gRPC ModelServer at %s:%d%s ...",
+        FLAGS.host,
+        port,
+        " (TLS)" if credentials is not None else "",
+    )
     if rest_server is not None:
         logging.info("Exporting HTTP/REST API at:%s:%d ...", FLAGS.host, FLAGS.rest_api_port)
         if FLAGS.demo:
             logging.info("Demo page at http://%s:%d/demo/", FLAGS.host, FLAGS.rest_api_port)
+        if monitoring.prometheus:
+            logging.info("Prometheus metrics at %s", monitoring.path)
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

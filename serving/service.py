@@ -8,6 +8,7 @@ is TF Serving's `signature_def` plus this server's `model_card` (the version's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,10 +18,13 @@ import numpy as np
 
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
-from serving import validation
+from serving import cost, validation
+from serving.admission import Admission
 from serving.batching import TaskBatcher
-from serving.cancellation import Cancellation
+from serving.cancellation import Cancellation, Timeouts
+from serving.cost import CostLimits
 from serving.errors import ServingError, invalid, not_found
+from serving.metrics import ServingMetrics
 from serving.model_config import ModelServerConfig
 from serving.model_manager import ModelManager, VersionStatus
 
@@ -67,6 +71,18 @@ def check_deadline(deadline: float | None, what: str) -> None:
         )
 
 
+def check_cancelled(cancellation: Cancellation | None, what: str) -> None:
+    """Raises the cancellation's status if the request was cancelled before `what` ran."""
+    if cancellation is not None and cancellation.code is not None:
+        raise ServingError(
+            cancellation.code, f"Stopped before {what} could run: {cancellation.reason}."
+        )
+
+
+def _deadline_reason(cancellation: Cancellation | None) -> str:
+    return cancellation.deadline_reason if cancellation is not None else "the deadline passed"
+
+
 def _check_output_filter(spec: sig.SignatureSpec, output_filter: Sequence[str]) -> None:
     seen = set()
     for alias in output_filter:
@@ -84,6 +100,9 @@ class Service:
     """Predict, Classify, metadata and status over a `ModelManager`.
 
     With a `TaskBatcher`, `adapt_and_predict` requests run batched as multi-task adaptations.
+    `timeouts` are the deadlines both front ends give requests; `admission` bounds the
+    computations running and waiting (none: no bound); `cost_limits` refuse requests whose
+    estimated cost is over them (none: no limit); `metrics` records requests and runs.
     """
 
     def __init__(
@@ -91,8 +110,51 @@ class Service:
         manager: ModelManager,
         limits: validation.Limits,
         batcher: TaskBatcher | None = None,
+        *,
+        timeouts: Timeouts | None = None,
+        admission: Admission | None = None,
+        metrics: ServingMetrics | None = None,
+        cost_limits: CostLimits | None = None,
     ):
         self.manager, self.limits, self.batcher = manager, limits, batcher
+        self.timeouts = timeouts if timeouts is not None else Timeouts()
+        self.admission, self.metrics, self.cost_limits = admission, metrics, cost_limits
+
+    def _check_cost(self, servable, signature_name: str, arrays) -> None:
+        """RESOURCE_EXHAUSTED if the request's estimated work or memory is over the limits
+        (before any work; a model without a card is not estimated)."""
+        if self.cost_limits is None:
+            return
+        model = servable.model_cost()
+        if model is None:
+            return
+        shape = cost.request_shape(servable.spec(signature_name), arrays, servable.info.input_shape)
+        self.cost_limits.check(cost.estimate(model, shape))
+
+    def _run(self, servable, signature_name, arrays, deadline, cancellation) -> dict:
+        """Runs a prepared request once admitted (a computation slot), unless cancelled first."""
+        slot = (
+            self.admission.slot(deadline, cancellation)
+            if self.admission is not None
+            else contextlib.nullcontext()
+        )
+        with slot:
+            check_cancelled(cancellation, f'signature "{signature_name}"')
+            return servable.run(
+                signature_name, arrays, deadline, deadline_reason=_deadline_reason(cancellation)
+            )
+
+    def _record_runtime(self, servable, api: str, signature_name: str, arrays, start: float):
+        """The run's wall time, and the tasks it adapted with their inner steps."""
+        if self.metrics is None:
+            return
+        tasks = steps = 0
+        if sig.INNER_STEPS in arrays:
+            steps = int(arrays[sig.INNER_STEPS])
+            task_axis = [i.key for i in servable.spec(signature_name).inputs if i.tasks]
+            tasks = len(arrays[task_axis[0]]) if task_axis else 1
+        seconds = time.monotonic() - start
+        self.metrics.record_runtime(servable.name, api, seconds, tasks, steps)
 
     def predict(
         self,
@@ -109,7 +171,9 @@ class Service:
             spec = servable.spec(signature_name)
             _check_output_filter(spec, output_filter)
             arrays = servable.prepare(signature_name, decode(spec), self.limits)
+            self._check_cost(servable, signature_name, arrays)
             check_deadline(deadline, "the prediction")
+            start = time.monotonic()
             if (
                 self.batcher is not None
                 and signature_name == sig.ADAPT_AND_PREDICT
@@ -117,7 +181,8 @@ class Service:
             ):
                 outputs = self.batcher.submit(servable, arrays, deadline, cancellation)
             else:
-                outputs = servable.run(signature_name, arrays, cancellation)
+                outputs = self._run(servable, signature_name, arrays, deadline, cancellation)
+            self._record_runtime(servable, "Predict", signature_name, arrays, start)
         if output_filter:
             outputs = {k: outputs[k] for k in output_filter}
         return Result(servable.name, servable.version, signature_name, outputs)
@@ -148,8 +213,11 @@ class Service:
             images = self._example_images(examples, servable.info.input_shape)
             arrays = validation.check_arrays(spec, {sig.IMAGES: images}, self.limits)
             arrays = servable.prepare(signature_name, arrays, self.limits)
+            self._check_cost(servable, signature_name, arrays)
             check_deadline(deadline, "the classification")
-            outputs = servable.run(signature_name, arrays, cancellation)
+            start = time.monotonic()
+            outputs = self._run(servable, signature_name, arrays, deadline, cancellation)
+            self._record_runtime(servable, "Classify", signature_name, arrays, start)
         probabilities = outputs[sig.PROBABILITIES]
         return Result(servable.name, servable.version, signature_name, {"scores": probabilities})
 

@@ -205,9 +205,9 @@ def test_sine_default_runs_end_to_end(tmp_path):
     assert out.shape == (10, 1) and np.all(np.isfinite(out))
     assert np.mean((out - y) ** 2) < np.mean((before - y) ** 2)  # adaptation helped
     # TF Serving fills left-out optional inputs from the SignatureDef's defaults.
-    from tensorflow.python.saved_model import loader_impl
+    from tests.export.helpers import meta_graph
 
-    graph = loader_impl.parse_saved_model(str(export)).meta_graphs[0]
+    graph = meta_graph(export)
     defaults = graph.signature_def["adapt_and_predict"].defaults
     assert defaults["inner_steps"].int_val == [32]
     # A second run exports the next version; the first is left as it was.

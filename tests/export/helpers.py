@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.saved_model import loader_impl
+from tensorflow.core.protobuf import saved_model_pb2
 
 from keras_reptile.config import Protocol, Recipe
 from keras_reptile.export.model_card import Measurement, ModelCard
@@ -33,9 +34,15 @@ PROTOCOL = Protocol(shots=SHOTS, eval_iters=STEPS, eval_batch=BATCH, learning_ra
 RESULT = Measurement("test", PROTOCOL, "accuracy", 0.5, 0.1, 10, 0)
 
 
+def meta_graph(path):
+    """The first MetaGraphDef of the SavedModel at `path` (its `saved_model.pb`, parsed)."""
+    with open(os.path.join(str(path), "saved_model.pb"), "rb") as f:
+        return saved_model_pb2.SavedModel.FromString(f.read()).meta_graphs[0]
+
+
 def saved_model_ops(path) -> set[str]:
     """Every op type in a SavedModel's graph and its function library."""
-    graph = loader_impl.parse_saved_model(str(path)).meta_graphs[0].graph_def
+    graph = meta_graph(path).graph_def
     ops = {n.op for n in graph.node}
     for fn in graph.library.function:
         ops |= {n.op for n in fn.node_def}
@@ -89,7 +96,7 @@ class LoadedWithDefaults:
 
     def __init__(self, path):
         self._loaded = tf.saved_model.load(str(path))
-        graph = loader_impl.parse_saved_model(str(path)).meta_graphs[0]
+        graph = meta_graph(path)
         self.signatures = {}
         for name, fn in self._loaded.signatures.items():
             defaults = {

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -9,7 +10,6 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.python.saved_model import loader_impl
 
 from keras_reptile.algorithms import AdamState
 from keras_reptile.config import Protocol
@@ -31,6 +31,7 @@ from tests.export.helpers import (
     LoadedWithDefaults,
     make_card,
     make_module,
+    meta_graph,
     saved_model_ops,
     task,
 )
@@ -55,7 +56,7 @@ def test_layout_card_and_warmup(exported):
 
 
 def test_signature_defs_follow_the_contract(exported):
-    graph = loader_impl.parse_saved_model(exported["path"]).meta_graphs[0]
+    graph = meta_graph(exported["path"])
     specs = sig.signature_specs((28, 28, 1), regression=False)
     for name, spec in specs.items():
         sdef = graph.signature_def[name]
@@ -110,9 +111,7 @@ def test_saved_model_cli_runs_it(exported, tmp_path):
     np.save(tmp_path / "images.npy", np.ones((3, 28, 28, 1), np.float32))
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "tensorflow.python.tools.saved_model_cli",
+            os.path.join(os.path.dirname(sys.executable), "saved_model_cli"),
             "run",
             "--dir",
             exported["path"],

@@ -5,7 +5,6 @@ import functools
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.python.saved_model import loader_impl
 
 from keras_reptile.algorithms import flatten_weights
 from keras_reptile.config import Protocol
@@ -17,6 +16,7 @@ from tests.export.helpers import (
     LoadedWithDefaults,
     make_card,
     make_module,
+    meta_graph,
     task,
 )
 
@@ -46,7 +46,7 @@ def _assert_same_answers(split, together):
 
 def test_signature_defs_declare_the_flat_weights(exported, sine):
     for path, module in ((exported["path"], exported["module"]), (sine["path"], sine["module"])):
-        graph = loader_impl.parse_saved_model(path).meta_graphs[0]
+        graph = meta_graph(path)
         size = module._model.num_weights
         assert size == sum(int(np.prod(w.shape)) for w in module.weights)
         shapes = {
@@ -58,7 +58,7 @@ def test_signature_defs_declare_the_flat_weights(exported, sine):
         predict = graph.signature_def[sig.PREDICT_ADAPTED].inputs[sig.ADAPTED_WEIGHTS]
         assert [d.size for d in predict.tensor_shape.dim] == [size]
         assert set(graph.signature_def[sig.ADAPT].outputs) == {sig.ADAPTED_WEIGHTS}
-    classifier = loader_impl.parse_saved_model(exported["path"]).meta_graphs[0]
+    classifier = meta_graph(exported["path"])
     assert set(classifier.signature_def[sig.PREDICT_ADAPTED].inputs) == {
         sig.ADAPTED_WEIGHTS, sig.SUPPORT_IMAGES, sig.QUERY_IMAGES, sig.TRANSDUCTIVE
     }  # fmt: skip

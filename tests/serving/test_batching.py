@@ -57,7 +57,7 @@ class RecordingServable:
     def __init__(self, delay=0.0):
         self.batches, self.delay = [], delay
 
-    def run(self, signature_name, arrays, cancellation=None, check_outputs=True):
+    def run(self, signature_name, arrays, deadline=None, check_outputs=True):
         one = signature_name == sig.ADAPT_AND_PREDICT  # a batch of one task
         assert one or signature_name == sig.ADAPT_AND_PREDICT_TASKS
         support = arrays[sig.SUPPORT_IMAGES][None] if one else arrays[sig.SUPPORT_IMAGES]

@@ -6,10 +6,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import grpc
 import numpy as np
 import pytest
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from keras_reptile.export import signatures as sig
 from serving.launcher import REPO_ROOT, ServerProcess
@@ -24,6 +26,8 @@ from tests.serving.helpers import (
     stubs,
     task,
 )
+from tests.serving.test_tls import quote
+from tests.serving.tls_helpers import make_pki
 
 pytestmark = pytest.mark.slow
 
@@ -143,3 +147,66 @@ def test_bad_thread_flag_is_a_usage_error(tmp_path):
     result = _launch(["--tensorflow_intra_op_parallelism=-2"], tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "--tensorflow_intra_op_parallelism must be >= 0. Received: -2" in result.stderr
+
+
+def test_the_hardening_flags_reach_the_server(base, tmp_path):
+    """Mutual TLS, Prometheus, the maximum deadline, the computation queue and the cost limits,
+    from their flags."""
+    ca, server_pair, client = make_pki()
+    ssl = tmp_path / "ssl.config"
+    ssl.write_text(
+        f"server_key: {quote(server_pair.key)}\nserver_cert: {quote(server_pair.cert)}\n"
+        f"custom_ca: {quote(ca)}\nclient_verify: true\n"
+    )
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true, path: "/metrics" }')
+    credentials = grpc.ssl_channel_credentials(
+        ca.encode(), client.key.encode(), client.cert.encode()
+    )
+    flags = [
+        "--model_name=omni",
+        f"--model_base_path={base}",
+        "--max_inner_steps=100000",
+        f"--ssl_config_file={ssl}",
+        f"--monitoring_config_file={monitoring}",
+        "--max_request_timeout_in_ms=1500",
+        "--max_concurrent_computations=1",
+        "--max_queued_computations=0",
+        "--max_request_gflop=500",
+    ]
+    with ServerProcess(flags, channel_credentials=credentials) as server:
+        with grpc.secure_channel(server.grpc_target, credentials) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            answer = stub.Predict(
+                predict_request("omni", sig.ADAPT_AND_PREDICT, task()), timeout=30
+            )
+            assert outputs(answer)[sig.CLASSES].shape == (5,)
+            with pytest.raises(grpc.RpcError) as e:  # about 8 GFLOP per 100 steps
+                stub.Predict(_long_request(100000), timeout=30)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max_request_gflop" in e.value.details()
+            start = time.monotonic()
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Predict(_long_request(5000), timeout=60)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "--max_request_timeout_in_ms" in e.value.details()
+            assert time.monotonic() - start < 3.5
+        with grpc.insecure_channel(server.grpc_target) as plain:
+            with pytest.raises(grpc.RpcError):
+                prediction_service_pb2_grpc.PredictionServiceStub(plain).Predict(
+                    _long_request(1), timeout=5
+                )
+        with urllib.request.urlopen(server.rest_url + "/metrics", timeout=10) as page:
+            text = page.read().decode()
+    assert ':tensorflow:serving:request_count{model_name="omni",status="OK"} 1.0' in text
+    assert 'status="RESOURCE_EXHAUSTED"} 1.0' in text and 'status="DEADLINE_EXCEEDED"} 1.0' in text
+
+
+def test_flags_that_cannot_work_together_are_usage_errors(tmp_path):
+    result = _launch(["--grpc_workers=4"], tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--grpc_workers must exceed" in result.stderr
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text("prometheus_config { enable: true }")
+    result = _launch([f"--monitoring_config_file={monitoring}", "--rest_api_port=0"], tmp_path)
+    assert result.returncode != 0 and "need --rest_api_port" in result.stderr

@@ -1,8 +1,19 @@
+import urllib.request
+
+import grpc
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from keras_reptile.export import signatures as sig
+from serving.admission import Admission
+from serving.batching import BatchingParameters, TaskBatcher
 from serving.config_protos import Monitoring
-from serving.metrics import REQUEST_COUNT, ServingMetrics
+from serving.metrics import CONTENT_TYPE, DEFAULT_PATH, REQUEST_COUNT, ServingMetrics
+from serving.service import Service
+from serving.validation import Limits
+from tests.serving import in_process
+from tests.serving.helpers import STEPS, columnar, export, http, install, predict_request, task
 
 
 def families(metrics: ServingMetrics) -> dict:
@@ -56,3 +67,70 @@ def test_monitoring_config_is_tensorflow_servings_text_proto(tmp_path):
         Monitoring.read(str(path))
     with pytest.raises(ValueError, match="Cannot read"):
         Monitoring.read(str(tmp_path / "missing"))
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory):
+    """A manager recording its loads in a ServingMetrics."""
+    base = tmp_path_factory.mktemp("models") / "omni"
+    install(export("omni", 1), base, 1)
+    metrics = ServingMetrics()
+    manager = in_process.manager("omni", base, Limits(), metrics=metrics)
+    yield manager, metrics, str(base / "1")
+    manager.stop()
+
+
+@pytest.mark.slow
+def test_the_rest_port_serves_the_metrics_of_requests_loads_and_batches(monitored):
+    manager, metrics, version_path = monitored
+    admission = Admission(2, 4, on_wait=metrics.computation_wait)
+    batcher = TaskBatcher(BatchingParameters(), admission, metrics)
+    service = Service(manager, Limits(), batcher, admission=admission, metrics=metrics)
+    try:
+        with in_process.serve(service, metrics_path=DEFAULT_PATH) as running:
+            request = predict_request("omni", sig.ADAPT_AND_PREDICT, task())
+            running.api.prediction.Predict(request, timeout=30)
+            bad = predict_request(
+                "omni", sig.ADAPT_AND_PREDICT, dict(task(), inner_steps=np.int32(-1))
+            )
+            with pytest.raises(grpc.RpcError):
+                running.api.prediction.Predict(bad, timeout=30)
+            url = f"{running.rest_url}/v1/models/omni:predict"
+            images = {sig.IMAGES: task()[sig.QUERY_IMAGES]}
+            assert http("POST", url, columnar(sig.SERVING_DEFAULT, images))[0] == 200
+            with urllib.request.urlopen(running.rest_url + DEFAULT_PATH, timeout=10) as answer:
+                content_type, text = answer.headers["Content-Type"], answer.read().decode()
+    finally:
+        batcher.stop()
+    assert content_type == CONTENT_TYPE
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+    def value(name, **labels):
+        # The parser adds _total to counters; the text has TF Serving's own names (above).
+        found = [
+            s.value for s in samples if s.name.removesuffix("_total") == name and s.labels == labels
+        ]
+        assert len(found) == 1, (name, labels)
+        return found[0]
+
+    assert '\n:tensorflow:serving:request_count{model_name="omni",status="OK"} 2.0' in text
+    serving = ":tensorflow:serving:"
+    assert value(REQUEST_COUNT.name, model_name="omni", status="OK") == 2  # gRPC and REST
+    assert value(REQUEST_COUNT.name, model_name="omni", status="INVALID_ARGUMENT") == 1
+    for entrypoint, requests in (("GRPC", 2), ("REST", 1)):
+        latency = serving + "request_latency_count"
+        assert value(latency, model_name="omni", API="Predict", entrypoint=entrypoint) == requests
+    load = ":tensorflow:cc:saved_model:load_attempt_count"
+    assert value(load, model_path=version_path, status="success") == 1
+    assert value(serving + "model_warmup_latency_count", model_path=version_path) == 1
+    assert (
+        value(serving + "runtime_latency_count", model_name="omni", API="Predict", runtime="TF1")
+        == 2
+    )
+    assert value(":keras_reptile:serving:tasks_adapted", model_name="omni") == 1
+    assert value(":keras_reptile:serving:inner_steps", model_name="omni") == STEPS
+    batching = serving + "batching_session:"
+    size = batching + "processed_batch_size_count"
+    assert value(size, model_name="omni", thread_pool_name="task_batching") == 1
+    for pool in ("task_batching", "computations"):
+        assert value(batching + "queuing_latency_count", thread_pool_name=pool) >= 1

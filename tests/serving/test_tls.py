@@ -1,10 +1,17 @@
 from concurrent import futures
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from keras_reptile.export import signatures as sig
+from serving.service import Service
 from serving.tls import server_credentials
+from serving.validation import Limits
+from tests.serving import in_process
+from tests.serving.helpers import WAYS, export, install, outputs, predict_request, task
 from tests.serving.tls_helpers import make_pki
 
 
@@ -86,3 +93,42 @@ def test_bad_ssl_configs_are_refused_with_what_is_wrong(tmp_path, pki):
     path.write_text("server_pem: 1\n")
     with pytest.raises(ValueError, match='no field named "server_pem"'):
         server_credentials(str(path))
+
+
+@pytest.fixture(scope="module")
+def manager(tmp_path_factory):
+    base = tmp_path_factory.mktemp("models") / "omni"
+    install(export("omni", 1), base, 1)
+    manager = in_process.manager("omni", base, Limits())
+    yield manager
+    manager.stop()
+
+
+def _predict(target: str, credentials) -> np.ndarray:
+    options = [("grpc.ssl_target_name_override", "localhost")]
+    with grpc.secure_channel(target, credentials, options) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_request("omni", sig.ADAPT_AND_PREDICT, task())
+        return outputs(stub.Predict(request, timeout=30))[sig.CLASSES]
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual_tls"])
+def test_predict_round_trips_over_the_servers_tls(tmp_path, pki, manager, mutual):
+    ca, server_pair, client = pki
+    config = ssl_config(tmp_path, server_pair, ca=ca if mutual else None, client_verify=mutual)
+    service = Service(manager, Limits())
+    with in_process.serve(service, server_credentials(config)) as running:
+        key_pair = (client.key.encode(), client.cert.encode()) if mutual else (None, None)
+        trusted = grpc.ssl_channel_credentials(ca.encode(), *key_pair)
+        assert _predict(running.grpc_target, trusted).shape == (WAYS,)
+        with grpc.insecure_channel(running.grpc_target) as plain:  # no TLS: no answer
+            with pytest.raises(grpc.RpcError) as e:
+                prediction_service_pb2_grpc.PredictionServiceStub(plain).Predict(
+                    predict_request("omni", "", {sig.IMAGES: task()[sig.QUERY_IMAGES]}),
+                    timeout=5,
+                )
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        if mutual:  # without a client certificate: refused
+            with pytest.raises(grpc.RpcError) as e:
+                _predict(running.grpc_target, grpc.ssl_channel_credentials(ca.encode()))
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE

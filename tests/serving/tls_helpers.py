@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -37,15 +38,15 @@ def _cert(subject: str, key, issuer_name, issuer_key, *, ca: bool, san: str | No
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
-    if san:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False
-        )
+    if san:  # the name and the loopback address (ServerProcess connects to 127.0.0.1)
+        names = [x509.DNSName(san), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
 def make_pki() -> tuple[str, Pair, Pair]:
-    """(CA certificate, server pair for `localhost`, client pair), all PEM text."""
+    """(CA certificate, server pair for `localhost` and 127.0.0.1, client pair), all PEM
+    text."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
     ca = _cert("test CA", ca_key, ca_name, ca_key, ca=True)
