@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
+from keras_reptile import protocol_rules
 from keras_reptile.export import signatures as sig
 from serving.errors import ServingError, invalid
 
@@ -254,25 +255,23 @@ def check_values(
                 f"0..{info.ways - 1}."
             )
     note = " (the signature's default)"
-    if sig.INNER_STEPS in arrays:
-        steps = int(arrays[sig.INNER_STEPS])
-        if not 0 <= steps <= limits.max_inner_steps:
-            raise invalid(
-                f"inner_steps must be in [0, {limits.max_inner_steps}] (--max_inner_steps); "
-                f"received {steps}{note if sig.INNER_STEPS in defaulted else ''}."
-            )
-    if sig.LEARNING_RATE in arrays:
-        lr = float(arrays[sig.LEARNING_RATE])
-        if not (np.isfinite(lr) and lr >= 0):
-            raise invalid(
-                f"learning_rate must be a finite number >= 0; received {lr}"
-                f"{note if sig.LEARNING_RATE in defaulted else ''}."
-            )
-    if sig.INNER_BATCH_SIZE in arrays:
-        batch = int(arrays[sig.INNER_BATCH_SIZE])
-        if not 1 <= batch <= limits.max_support:
-            raise invalid(
-                f"inner_batch_size must be in [1, {limits.max_support}] (--max_support); "
-                f"received {batch}"
-                f"{note if sig.INNER_BATCH_SIZE in defaulted else ''}."
-            )
+    # The settings' own rules (protocol_rules, which the graph and a recipe apply too), then
+    # this server's upper bounds.
+    maxima = {
+        sig.INNER_STEPS: (limits.max_inner_steps, "--max_inner_steps"),
+        sig.INNER_BATCH_SIZE: (limits.max_support, "--max_support"),
+    }
+    for rule in protocol_rules.RULES:
+        if rule.key not in arrays:
+            continue
+        value = arrays[rule.key].item()
+        given = note if rule.key in defaulted else ""
+        if rule.key in maxima:
+            limit, flag = maxima[rule.key]
+            if not (rule.holds(value) and value <= limit):
+                raise invalid(
+                    f"{rule.key} must be in [{rule.minimum:g}, {limit}] ({flag}); "
+                    f"received {value}{given}."
+                )
+        elif not rule.holds(value):
+            raise invalid(f"{rule.key} must be {rule.expected}; received {value}{given}.")

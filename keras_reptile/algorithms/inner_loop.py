@@ -217,7 +217,7 @@ def predict_tasks(
     num_pairs = num_tasks * num_queries
     pair_task = tf.repeat(tf.range(num_tasks), num_queries)  # the task of each pair
     queries = tf.reshape(query_x, [-1, 1, *query_x.shape[2:]])  # [T*Q, 1, ...]
-    chunk = query_pass_chunk(model, tf.shape(support_x)[1])
+    chunk = query_pass_chunk(model.cost.activation_floats, tf.shape(support_x)[1])
 
     def pairs(start):
         # Always `chunk` networks (the last chunk repeats the last pair), the valid ones kept:
@@ -238,9 +238,10 @@ def predict_tasks(
     return tf.reshape(parts.concat(), [num_tasks, num_queries, -1])
 
 
-def query_pass_chunk(model: StackedModel, support_size) -> tf.Tensor:
-    """(task, query) networks per chunk of the non-transductive query pass: as many as fit in
-    `QUERY_PASS_CHUNK_FLOATS` activation values, at least two."""
-    per_network = model.cost.activation_floats * (tf.cast(support_size, tf.int64) + 1)
-    return tf.cast(tf.maximum(tf.constant(2, tf.int64), QUERY_PASS_CHUNK_FLOATS // per_network),
-                   tf.int32)  # fmt: skip
+def query_pass_chunk(activation_floats: int, support_size) -> tf.Tensor:
+    """(task, query) networks per chunk of the non-transductive query pass, for a model of
+    `activation_floats` per example and `support_size` support examples (an int or a tensor):
+    as many as fit in `QUERY_PASS_CHUNK_FLOATS` activation values, at least two."""
+    per_network = activation_floats * (tf.cast(support_size, tf.int64) + 1)
+    chunk = tf.maximum(tf.constant(2, tf.int64), QUERY_PASS_CHUNK_FLOATS // per_network)
+    return tf.cast(chunk, tf.int32)

@@ -46,5 +46,5 @@ def test_the_chunked_query_pass_equals_all_pairs_at_once(
     q = tf.constant((rng.random((tasks, queries, 28, 28, 1)) > 0.5).astype(np.float32))
     chunked = served(lambda w, s, q: predict_tasks(model, w, s, q, False))(weights, s, q)
     expected = served(lambda w, s, q: _all_pairs_at_once(model, w, s, q))(weights, s, q)
-    assert inner_loop.query_pass_chunk(model, support).numpy() >= 2
+    assert inner_loop.query_pass_chunk(model.cost.activation_floats, support).numpy() >= 2
     np.testing.assert_array_equal(chunked.numpy(), expected.numpy())

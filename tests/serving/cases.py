@@ -186,14 +186,21 @@ CASES = [
         "learning_rate_nan",
         INVALID,
         400,
-        "learning_rate must be a finite number >= 0; received nan",
+        "learning_rate must be a finite number > 0; received nan",
         _with(learning_rate=np.float32("nan")),
+    ),
+    Case(
+        "learning_rate_zero",
+        INVALID,
+        400,
+        "learning_rate must be a finite number > 0; received 0.0",
+        _with(learning_rate=np.float32(0)),
     ),
     Case(
         "learning_rate_inf",
         INVALID,
         400,
-        "learning_rate must be a finite number >= 0; received inf",
+        "learning_rate must be a finite number > 0; received inf",
         _with(learning_rate=np.float32("inf")),
     ),
     Case(

@@ -42,9 +42,16 @@ def test_a_5_way_5_shot_request_costs_its_passes():
     assert cost.memory_bytes < 64 * 2**20
 
 
-def test_memory_grows_with_queries_times_support_unless_transductive():
+def test_memory_of_the_chunked_query_pass_stays_bounded_as_queries_grow():
     big = estimate(OMNIGLOT, shape(support=500, queries=500, inner_steps=0))
-    assert big.memory_bytes > 12 * 2**30  # the pass holds 500 x 501 first-layer activations
+    bigger = estimate(OMNIGLOT, shape(support=500, queries=5000, inner_steps=0))
+    # A chunk of (task, query) networks at a time, not 500 x 501 images at once: the memory
+    # grows by the queries' own inputs only.
+    assert bigger.memory_bytes - big.memory_bytes == 4500 * 28 * 28 * 4
+    assert big.memory_bytes < 512 * 2**20
+    assert big.gflop * 9 < bigger.gflop  # the work still grows with the queries
+    few = estimate(OMNIGLOT, shape(support=10, queries=3, inner_steps=0))
+    assert few.memory_bytes < big.memory_bytes
     together = estimate(OMNIGLOT, shape(support=500, queries=500, inner_steps=0, transductive=True))
     assert together.memory_bytes < 200 * 2**20
     four = estimate(OMNIGLOT, shape(tasks=8, concurrent_tasks=4))
@@ -60,7 +67,7 @@ def test_limits_refuse_with_the_estimate_and_the_flag():
     assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     with pytest.raises(ServingError, match=r"about \d+ MiB.*--max_request_memory_mb"):
         wide = shape(support=200, queries=200, inner_steps=0)
-        CostLimits(max_gflop=0, max_memory_mb=2048).check(estimate(OMNIGLOT, wide))
+        CostLimits(max_gflop=0, max_memory_mb=64).check(estimate(OMNIGLOT, wide))
     CostLimits(0, 0).check(estimate(OMNIGLOT, shape(support=500, queries=500)))  # no limits
 
 
