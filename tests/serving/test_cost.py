@@ -141,13 +141,12 @@ def limited(tmp_path_factory):
     manager.stop()
 
 
+# The issue's memory example (200 x 200 non-transductive) no longer needs more memory than the
+# defaults allow: the query pass runs in chunks (test_memory_of_the_chunked_query_pass_...).
 @pytest.mark.parametrize(
     "inputs, flag",
-    [
-        (_arrays(500, 5, inner_steps=1000, inner_batch_size=500), "--max_request_gflop"),
-        (_arrays(200, 200, transductive=False), "--max_request_memory_mb"),
-    ],
-    ids=["work", "memory"],
+    [(_arrays(500, 5, inner_steps=1000, inner_batch_size=500), "--max_request_gflop")],
+    ids=["work"],
 )
 def test_the_issues_examples_are_refused_before_any_work(limited, inputs, flag):
     start = time.monotonic()
