@@ -11,10 +11,11 @@ import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 
+import grpc
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.errors import invalid
+from serving.errors import ServingError, invalid
 
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 
@@ -153,3 +154,19 @@ def fingerprint(path: str) -> tuple:
         except OSError:
             stats.append((name, None, None))
     return tuple(stats)
+
+
+def check_base_paths(sources: list[ModelSource], roots: tuple[str, ...]) -> None:
+    """Refuses a model whose base path (symbolic links resolved) lies outside every one of
+    `roots` (`--model_base_path_roots`); no roots: any path."""
+    if not roots:
+        return
+    real_roots = [os.path.realpath(r) for r in roots]
+    for source in sources:
+        path = os.path.realpath(source.base_path)
+        if not any(os.path.commonpath([path, r]) == r for r in real_roots):
+            raise ServingError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"Model {source.name}'s base path {source.base_path} is outside the folders "
+                f"this server may load from (--model_base_path_roots={','.join(roots)}).",
+            )

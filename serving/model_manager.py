@@ -71,6 +71,8 @@ class ModelManager:
         poll_seconds: float. Seconds between polls; 0 or less polls once, at `start`.
         allow_unavailable_labels: bool. Allow labels that point at versions not loaded.
         metrics: ServingMetrics or None. Records each load's outcome and latency, and warmups.
+        base_path_roots: tuple of str. Folders every model's base path must lie in, at start
+            and in every reload (`--model_base_path_roots`; empty: anywhere).
     """
 
     def __init__(
@@ -82,7 +84,12 @@ class ModelManager:
         poll_seconds: float = 1.0,
         allow_unavailable_labels: bool = False,
         metrics: ServingMetrics | None = None,
+        base_path_roots: tuple[str, ...] = (),
     ):
+        model_config.check_base_paths(list(sources), base_path_roots)
+        if zoo_root is not None:
+            model_config.check_base_paths([ModelSource("zoo", zoo_root)], base_path_roots)
+        self._base_path_roots = tuple(base_path_roots)
         self._metrics = metrics
         self._sources, self._zoo_root, self._limits = list(sources), zoo_root, limits
         self._poll_seconds, self._allow_unavailable_labels = poll_seconds, allow_unavailable_labels
@@ -219,6 +226,7 @@ class ModelManager:
                 "ModelConfigList is currently supported"
             )
         sources = model_config.sources_from_config(config)
+        model_config.check_base_paths(sources, self._base_path_roots)
         with self._lock:
             before = set(self._servables)
             self._zoo_root, self._sources = None, sources

@@ -68,6 +68,18 @@ flags.DEFINE_bool(
     False,
     "Allow the config's version labels to name versions that are not loaded.",
 )
+flags.DEFINE_bool(
+    "allow_reload_config_rpc",
+    True,
+    "Serve HandleReloadConfigRequest (any client of the gRPC port may then replace the served "
+    "models); false answers it PERMISSION_DENIED.",
+)
+flags.DEFINE_list(
+    "model_base_path_roots",
+    [],
+    "Folders every model base path must lie in, at start and in every reload or config file "
+    "change (comma-separated; empty: anywhere).",
+)
 flags.DEFINE_string("host", "127.0.0.1", "Address to bind both ports to (0.0.0.0: every one).")
 flags.DEFINE_integer("max_support", 500, "Most support examples of a task.")
 flags.DEFINE_integer("max_queries", 500, "Most query (or serving_default) examples of a task.")
@@ -188,6 +200,7 @@ def build_manager(
         poll_seconds=FLAGS.file_system_poll_wait_seconds,
         allow_unavailable_labels=FLAGS.allow_version_labels_for_unavailable_models,
         metrics=metrics,
+        base_path_roots=tuple(FLAGS.model_base_path_roots),
     )
     if FLAGS.model_config_file:
         config = model_config.read_config_file(FLAGS.model_config_file)
@@ -260,6 +273,7 @@ def main(argv: list[str]) -> None:
         admission=admission,
         metrics=metrics,
         cost_limits=CostLimits(FLAGS.max_request_gflop, FLAGS.max_request_memory_mb),
+        allow_reload=FLAGS.allow_reload_config_rpc,
     )
     try:
         grpc_server, port, health = grpc_service.build_server(

@@ -115,8 +115,10 @@ class Service:
         admission: Admission | None = None,
         metrics: ServingMetrics | None = None,
         cost_limits: CostLimits | None = None,
+        allow_reload: bool = True,
     ):
         self.manager, self.limits, self.batcher = manager, limits, batcher
+        self.allow_reload = allow_reload
         self.timeouts = timeouts if timeouts is not None else Timeouts()
         self.admission, self.metrics, self.cost_limits = admission, metrics, cost_limits
 
@@ -268,4 +270,11 @@ class Service:
         return self.manager.status(name, version)
 
     def reload(self, config: ModelServerConfig) -> None:
+        """HandleReloadConfigRequest, unless the server turned it off."""
+        if not self.allow_reload:
+            raise ServingError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "HandleReloadConfigRequest is turned off on this server "
+                "(--allow_reload_config_rpc=false).",
+            )
         self.manager.reload_config(config)

@@ -102,3 +102,40 @@ def test_policies_and_labels(tmp_path):
     manager.reload_config(config)
     assert set(_states(manager).values()) == {State.AVAILABLE}
     manager.stop()
+
+
+def test_base_paths_outside_the_allowed_roots_are_refused_at_start_and_on_reload(tmp_path):
+    allowed, elsewhere = tmp_path / "models", tmp_path / "elsewhere"
+    install(export("omni", 1), allowed / "omni", 1)
+    install(export("omni", 1), elsewhere / "omni", 1)
+    (allowed / "link").symlink_to(elsewhere / "omni")  # a link out of the root counts as out
+    roots = (str(allowed),)
+    with pytest.raises(ServingError, match=r"outside the folders .*--model_base_path_roots"):
+        ModelManager(
+            [ModelSource("omni", str(elsewhere / "omni"))], Limits(), base_path_roots=roots
+        )
+    manager = ModelManager(
+        [ModelSource("omni", str(allowed / "omni"))], Limits(), poll_seconds=0,
+        base_path_roots=roots,
+    )  # fmt: skip
+    manager.start()
+    for path in (elsewhere / "omni", allowed / "link"):
+        with pytest.raises(ServingError) as e:
+            manager.reload_config(config_from_flags("omni", str(path)))
+        assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert _states(manager) == {1: State.AVAILABLE}  # nothing was changed
+    manager.reload_config(config_from_flags("other", str(allowed / "omni")))
+    manager.stop()
+
+
+def test_the_reload_rpc_can_be_turned_off(tmp_path):
+    from serving.service import Service
+
+    install(export("omni", 1), tmp_path / "omni", 1)
+    manager = ModelManager([ModelSource("omni", str(tmp_path / "omni"))], Limits(), poll_seconds=0)
+    manager.start()
+    service = Service(manager, Limits(), allow_reload=False)
+    with pytest.raises(ServingError, match="--allow_reload_config_rpc=false") as e:
+        service.reload(config_from_flags("omni", str(tmp_path / "omni")))
+    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
+    manager.stop()
