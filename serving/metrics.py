@@ -13,7 +13,12 @@ import dataclasses
 import threading
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -97,6 +102,24 @@ INNER_STEPS = Family(
     ("model_name",),
     "counter",
 )
+ADAPTATION_CACHE = Family(
+    ":keras_reptile:serving:adaptation_cache",
+    "Adapted-weight cache lookups by result (hit: the adaptation was reused; miss: it ran).",
+    ("model_name", "result"),
+    "counter",
+)
+ADAPTATION_CACHE_EVICTIONS = Family(
+    ":keras_reptile:serving:adaptation_cache_evictions",
+    "Adapted weights evicted to stay within --adaptation_cache_bytes.",
+    (),
+    "counter",
+)
+ADAPTATION_CACHE_BYTES = Family(
+    ":keras_reptile:serving:adaptation_cache_bytes",
+    "Bytes of adapted weights held by the cache.",
+    (),
+    "gauge",
+)
 FAMILIES = (
     REQUEST_COUNT,
     REQUEST_LATENCY,
@@ -108,6 +131,9 @@ FAMILIES = (
     PROCESSED_BATCH_SIZE,
     TASKS_ADAPTED,
     INNER_STEPS,
+    ADAPTATION_CACHE,
+    ADAPTATION_CACHE_EVICTIONS,
+    ADAPTATION_CACHE_BYTES,
 )
 
 
@@ -151,6 +177,19 @@ class ServingMetrics:
         with self._lock:
             cells = self._values[family]
             cells[key] = cells.get(key, 0) + by
+
+    def set(self, family: Family, value: float, *labels) -> None:
+        """Sets a gauge."""
+        key = self._check(family, labels)
+        with self._lock:
+            self._values[family][key] = value
+
+    def record_cache(self, model_name: str, hit: bool, stats) -> None:
+        """One adapted-weight cache lookup, and the cache's evictions and bytes after it."""
+        self.increment(ADAPTATION_CACHE, model_name, "hit" if hit else "miss")
+        with self._lock:
+            self._values[ADAPTATION_CACHE_EVICTIONS][()] = stats.evictions
+            self._values[ADAPTATION_CACHE_BYTES][()] = stats.bytes
 
     def observe(self, family: Family, value: float, *labels) -> None:
         """Adds a sample to a histogram."""
@@ -196,7 +235,12 @@ class ServingMetrics:
                 for f, cells in self._values.items()
             }
         for family, cells in snapshot.items():
-            if family.kind == "counter":
+            if family.kind == "gauge":
+                gauge = GaugeMetricFamily(family.name, family.doc, labels=family.labels)
+                for key, value in sorted(cells.items()):
+                    gauge.add_metric(key, value)
+                yield gauge
+            elif family.kind == "counter":
                 metric = CounterMetricFamily(family.name, family.doc, labels=family.labels)
                 for key, value in sorted(cells.items()):
                     metric.add_metric(key, value)

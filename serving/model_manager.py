@@ -90,6 +90,9 @@ class ModelManager:
         if zoo_root is not None:
             model_config.check_base_paths([ModelSource("zoo", zoo_root)], base_path_roots)
         self._base_path_roots = tuple(base_path_roots)
+        # Called with (name, version) after a version is unloaded (the adaptation cache drops
+        # what it holds of that version).
+        self.unload_listeners: list = []
         self._metrics = metrics
         self._sources, self._zoo_root, self._limits = list(sources), zoo_root, limits
         self._poll_seconds, self._allow_unavailable_labels = poll_seconds, allow_unavailable_labels
@@ -355,6 +358,8 @@ class ModelManager:
         self._set_status(servable.name, servable.version, State.UNLOADING)
         servable.retire()
         servable.close()
+        for listener in self.unload_listeners:
+            listener(servable.name, servable.version)
         self._set_status(servable.name, servable.version, State.END)
         logging.info("Unloaded version %d of model %s", servable.version, servable.name)
 

@@ -20,6 +20,7 @@ from absl import app, flags, logging
 
 from keras_reptile.training.strategy import set_threads
 from serving import grpc_service, model_config, rest, tls
+from serving.adaptation_cache import AdaptationCache
 from serving.admission import Admission
 from serving.batching import BatchingParameters, TaskBatcher
 from serving.cancellation import Timeouts
@@ -67,6 +68,13 @@ flags.DEFINE_bool(
     "allow_version_labels_for_unavailable_models",
     False,
     "Allow the config's version labels to name versions that are not loaded.",
+)
+flags.DEFINE_integer(
+    "adaptation_cache_bytes",
+    0,
+    "Bytes of adapted weights kept across requests: an adapt_and_predict or adapt request whose "
+    "model version, support set and settings were seen before reuses them (0: off). Cached "
+    "requests run as adapt + predict_adapted, outside task batching.",
 )
 flags.DEFINE_bool(
     "allow_reload_config_rpc",
@@ -167,6 +175,7 @@ def _check_flags() -> None:
         if FLAGS[name].value < 1:
             raise app.UsageError(f"--{name} must be >= 1. Received: {FLAGS[name].value}")
     for name in (
+        "adaptation_cache_bytes",
         "max_queued_computations",
         "max_request_gflop",
         "max_request_memory_mb",
@@ -274,6 +283,7 @@ def main(argv: list[str]) -> None:
         metrics=metrics,
         cost_limits=CostLimits(FLAGS.max_request_gflop, FLAGS.max_request_memory_mb),
         allow_reload=FLAGS.allow_reload_config_rpc,
+        cache=AdaptationCache(FLAGS.adaptation_cache_bytes),
     )
     try:
         grpc_server, port, health = grpc_service.build_server(

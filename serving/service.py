@@ -19,6 +19,7 @@ import numpy as np
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
 from serving import cost, validation
+from serving.adaptation_cache import AdaptationCache, adaptation_key
 from serving.admission import Admission
 from serving.batching import TaskBatcher
 from serving.cancellation import Cancellation, Timeouts
@@ -116,9 +117,12 @@ class Service:
         metrics: ServingMetrics | None = None,
         cost_limits: CostLimits | None = None,
         allow_reload: bool = True,
+        cache: AdaptationCache | None = None,
     ):
         self.manager, self.limits, self.batcher = manager, limits, batcher
-        self.allow_reload = allow_reload
+        self.allow_reload, self.cache = allow_reload, cache
+        if cache is not None:
+            manager.unload_listeners.append(cache.drop)
         self.timeouts = timeouts if timeouts is not None else Timeouts()
         self.admission, self.metrics, self.cost_limits = admission, metrics, cost_limits
 
@@ -146,12 +150,59 @@ class Service:
                 signature_name, arrays, deadline, deadline_reason=_deadline_reason(cancellation)
             )
 
-    def _record_runtime(self, servable, api: str, signature_name: str, arrays, start: float):
-        """The run's wall time, and the tasks it adapted with their inner steps."""
+    def _cacheable(self, servable, signature_name: str) -> bool:
+        """Whether a request goes through the adapted-weight cache: single-task
+        `adapt_and_predict` or `adapt`, on a version with the split signatures."""
+        return (
+            self.cache is not None
+            and self.cache.capacity > 0
+            and signature_name in (sig.ADAPT_AND_PREDICT, sig.ADAPT)
+            and {sig.ADAPT, sig.PREDICT_ADAPTED} <= set(servable.specs)
+        )
+
+    def _through_cache(
+        self, servable, signature_name, arrays, deadline, cancellation
+    ) -> tuple[dict, bool]:
+        """`adapt` once per support set and settings (keyed by their SHA-256 with the model and
+        version), then `predict_adapted`: the same answers as `adapt_and_predict`, which the
+        split signatures equal bit for bit. Returns the outputs and whether the adaptation was
+        reused."""
+        keys = sig.task_keys(servable.info.regression)
+        support = {k: arrays[k] for k in (keys.support, keys.targets)}
+        settings = {
+            k: arrays[k]
+            for k in (sig.INNER_STEPS, sig.INNER_BATCH_SIZE, sig.LEARNING_RATE)
+            if k in arrays
+        }
+        key = adaptation_key(servable.name, servable.version, support, settings)
+
+        def adapt():
+            outputs = self._run(
+                servable, sig.ADAPT, {**support, **settings}, deadline, cancellation
+            )
+            return outputs[sig.ADAPTED_WEIGHTS]
+
+        weights, hit = self.cache.get_or_adapt(key, (servable.name, servable.version), adapt)
+        if self.metrics is not None:
+            self.metrics.record_cache(servable.name, hit, self.cache.stats())
+        if signature_name == sig.ADAPT:
+            return {sig.ADAPTED_WEIGHTS: weights}, hit
+        inputs = {sig.ADAPTED_WEIGHTS: weights, keys.query: arrays[keys.query]}
+        if not servable.info.regression:
+            inputs[sig.SUPPORT_IMAGES] = arrays[sig.SUPPORT_IMAGES]
+            if sig.TRANSDUCTIVE in arrays:
+                inputs[sig.TRANSDUCTIVE] = arrays[sig.TRANSDUCTIVE]
+        return self._run(servable, sig.PREDICT_ADAPTED, inputs, deadline, cancellation), hit
+
+    def _record_runtime(
+        self, servable, api: str, signature_name: str, arrays, start: float, reused=False
+    ):
+        """The run's wall time, and the tasks it adapted with their inner steps (none when the
+        cache reused the adaptation)."""
         if self.metrics is None:
             return
         tasks = steps = 0
-        if sig.INNER_STEPS in arrays:
+        if sig.INNER_STEPS in arrays and not reused:
             steps = int(arrays[sig.INNER_STEPS])
             task_axis = [i.key for i in servable.spec(signature_name).inputs if i.tasks]
             tasks = len(arrays[task_axis[0]]) if task_axis else 1
@@ -176,7 +227,12 @@ class Service:
             self._check_cost(servable, signature_name, arrays)
             check_deadline(deadline, "the prediction")
             start = time.monotonic()
-            if (
+            reused = False
+            if self._cacheable(servable, signature_name):
+                outputs, reused = self._through_cache(
+                    servable, signature_name, arrays, deadline, cancellation
+                )
+            elif (
                 self.batcher is not None
                 and signature_name == sig.ADAPT_AND_PREDICT
                 and sig.ADAPT_AND_PREDICT_TASKS in servable.specs
@@ -184,7 +240,7 @@ class Service:
                 outputs = self.batcher.submit(servable, arrays, deadline, cancellation)
             else:
                 outputs = self._run(servable, signature_name, arrays, deadline, cancellation)
-            self._record_runtime(servable, "Predict", signature_name, arrays, start)
+            self._record_runtime(servable, "Predict", signature_name, arrays, start, reused)
         if output_filter:
             outputs = {k: outputs[k] for k in output_filter}
         return Result(servable.name, servable.version, signature_name, outputs)
