@@ -161,16 +161,17 @@ class _Item:
 
 
 class _Batch:
-    def __init__(self, key, servable, opened: float):
-        self.key, self.servable, self.opened = key, servable, opened
+    def __init__(self, key, servable, signature: str, opened: float):
+        self.key, self.servable, self.signature, self.opened = key, servable, signature, opened
         self.items: list[_Item] = []
 
 
-def batch_key(servable, arrays: Mapping[str, np.ndarray]) -> tuple:
-    """Requests batch together iff they have the same version, shapes and inner settings."""
+def batch_key(servable, arrays: Mapping[str, np.ndarray], signature=sig.ADAPT_AND_PREDICT) -> tuple:
+    """Requests batch together iff they have the same version, signature, shapes and inner
+    settings."""
     shapes = tuple((k, v.shape) for k, v in sorted(arrays.items()) if k not in sig.OPTIONAL_SCALARS)
     settings = tuple((k, np.asarray(arrays[k]).item()) for k in sig.OPTIONAL_SCALARS if k in arrays)
-    return (id(servable), shapes, settings)
+    return (id(servable), signature, shapes, settings)
 
 
 class TaskBatcher:
@@ -218,10 +219,13 @@ class TaskBatcher:
         arrays: Mapping[str, np.ndarray],
         deadline: float | None = None,
         cancellation: Cancellation | None = None,
+        signature: str = sig.ADAPT_AND_PREDICT,
     ) -> dict[str, np.ndarray]:
-        """Queues one task (checked `adapt_and_predict` inputs) and waits for its answer."""
+        """Queues one task (checked inputs of a single-task `signature`: `adapt_and_predict`,
+        `adapt` or `predict_adapted`) and waits for its answer; a batch runs the signature's
+        multi-task form."""
         item = _Item(arrays, deadline)
-        key = batch_key(servable, arrays)
+        key = batch_key(servable, arrays, signature)
         with self._cond:
             if self._stopped:
                 raise ServingError(grpc.StatusCode.UNAVAILABLE, "The server is shutting down.")
@@ -229,7 +233,7 @@ class TaskBatcher:
             if batch is None:
                 if len(self._forming) + len(self._ready) >= self.params.max_enqueued_batches:
                     raise ServingError(grpc.StatusCode.UNAVAILABLE, QUEUE_FULL)
-                batch = self._forming[key] = _Batch(key, servable, time.monotonic())
+                batch = self._forming[key] = _Batch(key, servable, signature, time.monotonic())
             batch.items.append(item)
             if len(batch.items) >= self.params.max_batch_size:
                 self._ready.append(self._forming.pop(key))
@@ -281,7 +285,7 @@ class TaskBatcher:
                 batch.items.clear()  # running: nobody leaves it any more
             if items:
                 self._record(batch.servable, items)
-                self._run(batch.servable, items)
+                self._run(batch.servable, batch.signature, items)
 
     def _record(self, servable, items: list[_Item]) -> None:
         if self.metrics is None:
@@ -292,18 +296,19 @@ class TaskBatcher:
         self.metrics.observe(PROCESSED_BATCH_SIZE, len(items), servable.name, THREAD_POOL_NAME)
 
     @staticmethod
-    def _answers(servable, items: list[_Item], deadline: float | None) -> list[dict]:
+    def _answers(servable, signature: str, items: list[_Item], deadline: float | None) -> list:
         if len(items) == 1:  # nothing to stack: the one-task signature, without a task loop
             arrays = items[0].arrays
-            return [servable.run(sig.ADAPT_AND_PREDICT, arrays, deadline, check_outputs=False)]
+            return [servable.run(signature, arrays, deadline, check_outputs=False)]
         stacked = {
             k: v if k in sig.OPTIONAL_SCALARS else np.stack([it.arrays[k] for it in items])
             for k, v in items[0].arrays.items()
         }
-        outputs = servable.run(sig.ADAPT_AND_PREDICT_TASKS, stacked, deadline, check_outputs=False)
+        tasks = sig.MULTI_TASK[signature]
+        outputs = servable.run(tasks, stacked, deadline, check_outputs=False)
         return [{k: v[t] for k, v in outputs.items()} for t in range(len(items))]
 
-    def _run(self, servable, items: list[_Item]) -> None:
+    def _run(self, servable, signature: str, items: list[_Item]) -> None:
         # The batch runs until its last request's deadline; the others are answered at theirs.
         deadlines = [item.deadline for item in items]
         deadline = None if None in deadlines else max(deadlines)
@@ -314,11 +319,11 @@ class TaskBatcher:
         )
         try:
             with slot:
-                answers = self._answers(servable, items, deadline)
+                answers = self._answers(servable, signature, items, deadline)
             for item, answer in zip(items, answers):
                 item.outputs = answer
                 try:  # one task's non-finite answer fails that request only
-                    servable.check_outputs(sig.ADAPT_AND_PREDICT, item.outputs)
+                    servable.check_outputs(signature, item.outputs)
                 except ServingError as e:
                     item.error = e
         except ServingError as e:

@@ -176,11 +176,15 @@ class Service:
         }
         key = adaptation_key(servable.name, servable.version, support, settings)
 
+        batched = self.batcher is not None and sig.ADAPT_TASKS in servable.specs
+
+        def run(signature, inputs):
+            if batched:
+                return self.batcher.submit(servable, inputs, deadline, cancellation, signature)
+            return self._run(servable, signature, inputs, deadline, cancellation)
+
         def adapt():
-            outputs = self._run(
-                servable, sig.ADAPT, {**support, **settings}, deadline, cancellation
-            )
-            return outputs[sig.ADAPTED_WEIGHTS]
+            return run(sig.ADAPT, {**support, **settings})[sig.ADAPTED_WEIGHTS]
 
         weights, hit = self.cache.get_or_adapt(key, (servable.name, servable.version), adapt)
         if self.metrics is not None:
@@ -192,7 +196,7 @@ class Service:
             inputs[sig.SUPPORT_IMAGES] = arrays[sig.SUPPORT_IMAGES]
             if sig.TRANSDUCTIVE in arrays:
                 inputs[sig.TRANSDUCTIVE] = arrays[sig.TRANSDUCTIVE]
-        return self._run(servable, sig.PREDICT_ADAPTED, inputs, deadline, cancellation), hit
+        return run(sig.PREDICT_ADAPTED, inputs), hit
 
     def _record_runtime(
         self, servable, api: str, signature_name: str, arrays, start: float, reused=False

@@ -89,6 +89,34 @@ def test_identical_requests_in_flight_adapt_once(manager):
         np.testing.assert_array_equal(a[sig.PROBABILITIES], answers[0][sig.PROBABILITIES])
 
 
+def test_concurrent_misses_adapt_as_one_batch_with_the_same_answers(manager):
+    params = BatchingParameters.from_text(
+        "max_batch_size { value: 3 } batch_timeout_micros { value: 2000000 }"
+    )
+    metrics = ServingMetrics()
+    batcher = TaskBatcher(params, None, metrics)
+    service = Service(manager, LIMITS, batcher, cache=AdaptationCache(2**24))
+    tasks = [task(20 + i) for i in range(3)]
+    plain = Service(manager, LIMITS)
+    expected = [_predict(plain, sig.ADAPT_AND_PREDICT, t) for t in tasks]
+    answers = [None] * 3
+
+    def ask(i):
+        answers[i] = _predict(service, sig.ADAPT_AND_PREDICT, tasks[i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(answers, expected):
+        np.testing.assert_array_equal(got[sig.CLASSES], want[sig.CLASSES])
+        np.testing.assert_allclose(got[sig.PROBABILITIES], want[sig.PROBABILITIES], atol=1e-6)
+    text = metrics.exposition().decode()
+    assert "processed_batch_size_bucket" in text
+    assert service.cache.stats().misses == 3
+
+
 def test_works_with_task_batching_on(manager):
     batcher = TaskBatcher(BatchingParameters(), None, None)
     service = Service(manager, LIMITS, batcher, cache=AdaptationCache(2**24))
