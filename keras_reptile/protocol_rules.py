@@ -38,8 +38,7 @@ class AdaptationRule:
     def expected(self) -> str:
         """The rule in words: 'an integer >= 0', 'a finite number > 0'."""
         what = "an integer" if self.integer else "a finite number"
-        bound = int(self.minimum) if self.integer else self.minimum
-        return f"{what} {'>' if self.strict else '>='} {bound}"
+        return f"{what} {'>' if self.strict else '>='} {self.minimum:g}"
 
     def holds(self, value) -> bool:
         if self.integer and (isinstance(value, bool) or int(value) != value):
