@@ -119,7 +119,7 @@ def test_one_meta_iteration_equals_the_plain_per_task_oracle(tmp_path, foml, fom
     _, trainer = trained_weights(tmp_path / "fast", config=config)
     # The oracle draws the same tasks and mini-batches and trains them one at a time.
     plain = oracle.FunctionalModel(trainer.model.model, regression=False)
-    theta = plain.initial_weights()
+    theta = trainer.model.initial_weights()  # the Keras model now holds the trained ones
     delta_sum = [tf.zeros_like(w) for w in theta]
     for batches in _oracle_tasks(trainer, config, 0):
         delta, _, _ = oracle.task_update(
@@ -188,7 +188,7 @@ def test_sequential_inner_adam_equals_the_official_loop(tmp_path, foml, foml_tai
         train_tasks=SineTasks(),
     )
     plain = oracle.FunctionalModel(trainer.model.model, regression=True)
-    theta = plain.initial_weights()
+    theta = trainer.model.initial_weights()  # the Keras model now holds the trained ones
     state = trainer.optimizer.init_state(theta)
     for step in range(config.meta_iters):
         eps = meta_step_size(step, config.meta_iters, config.meta_step, config.meta_step_final)
@@ -221,7 +221,7 @@ def test_sequential_and_parallel_inner_adam_differ_only_in_the_carried_statistic
         trainer.train()
         runs[mode] = trainer
     plain = oracle.FunctionalModel(runs["parallel"].model.model, regression=True)
-    theta = plain.initial_weights()
+    theta = trainer.model.initial_weights()  # the Keras model now holds the trained ones
     optimizer = runs["parallel"].optimizer
     start = optimizer.init_state(theta)
     tasks = _oracle_tasks(runs["parallel"], runs["parallel"].recipe, 0)
