@@ -74,7 +74,7 @@ flags.DEFINE_integer(
     0,
     "Bytes of adapted weights kept across requests: an adapt_and_predict or adapt request whose "
     "model version, support set and settings were seen before reuses them (0: off). Cached "
-    "requests run as adapt + predict_adapted, outside task batching.",
+    "requests run as adapt + predict_adapted, each batched when task batching is on.",
 )
 flags.DEFINE_bool(
     "allow_reload_config_rpc",
