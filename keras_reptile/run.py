@@ -121,10 +121,12 @@ def run(
     else:
         input_shape = stored[1].input_shape
     source = read_exported_state(warm_start_from) if warm_start_from else None
-    keras_config = RunFolder(model_dir).keras_config() or (source and source.card.keras_config)
+    keras_config = RunFolder(model_dir).keras_config()
+    if keras_config is None and source and source.card.keras_config:
+        keras_config = source.card.keras_config  # the run folder records it from now on
+        if is_chief(strategy):
+            RunFolder(model_dir).write_keras_config(keras_config)
     model = build_stacked_model(recipe, input_shape, keras_config)
-    if keras_config and is_chief(strategy):
-        RunFolder(model_dir).write_keras_config(keras_config)
     splits = (
         {"test": test_tasks} if recipe.is_regression else {"train": train_tasks, "test": test_tasks}
     )

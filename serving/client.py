@@ -493,9 +493,7 @@ def _task(
 def card_summary(card: ModelCard) -> str:
     """A few lines on a model card: name, ways, meta-iterations, results, default protocol."""
     p = card.default_protocol
-    answer = ""
-    if not card.regression:
-        answer = ", transductive" if p.transductive else ", non-transductive"
+    answer = _answer(card, p)
     lines = [
         f"name: {card.name}",
         f"ways: {card.ways} ({'regression' if card.regression else 'classification'})",

@@ -104,21 +104,19 @@ def request_shape(
 def estimate(model: ModelCost, r: RequestShape) -> RequestCost:
     """The floating-point work and the peak memory of one request."""
     per_task_flops = model.training_flops(r.inner_steps * r.inner_batch)
-    if r.transductive:
-        query_examples = r.queries
-    else:
-        query_examples = r.queries * (r.support + 1)
-    per_task_flops += model.forward_flops * query_examples
     adapt_floats = r.inner_batch * model.activation_floats * 3  # forward, gradients, BatchNorm
     if r.transductive:
+        query_examples = r.queries
         query_floats = query_examples * model.activation_floats
     else:
+        query_examples = r.queries * (r.support + 1)
         # The pass runs its (task, query) networks a chunk at a time, each with a copy of the
         # support set and of the weights.
         chunk = int(query_pass_chunk(model.activation_floats, r.support))
         networks = min(r.queries, chunk)  # per task: the graph maps tasks one at a time
         per_network = (r.support + 1) * (model.activation_floats + r.input_floats)
         query_floats = networks * (per_network + model.weight_floats)
+    per_task_flops += model.forward_flops * query_examples
     state_floats = 4 * model.weight_floats + (r.support + r.queries) * r.input_floats
     peak_per_task = max(adapt_floats, query_floats) + state_floats
     concurrent = max(1, min(r.tasks, r.concurrent_tasks))

@@ -29,6 +29,19 @@ def manager(name: str, base_path: str, limits: Limits, **options) -> ModelManage
     return result
 
 
+@contextlib.contextmanager
+def omni_manager(folder, limits: Limits) -> Iterator[ModelManager]:
+    """A started manager serving the tiny "omni" export (version 1) from `folder`, stopped after."""
+    from tests.serving.helpers import export, install
+
+    install(export("omni", 1), folder / "omni", 1)
+    result = manager("omni", folder / "omni", limits)
+    try:
+        yield result
+    finally:
+        result.stop()
+
+
 @dataclasses.dataclass
 class Running:
     service: Service

@@ -14,7 +14,7 @@ from serving.errors import QUEUE_FULL, ServingError
 from serving.service import Service
 from serving.validation import Limits
 from tests.serving import in_process
-from tests.serving.helpers import columnar, export, http, install, predict_request, task
+from tests.serving.helpers import columnar, http, predict_request, task
 
 LIMITS = Limits(max_inner_steps=10**6)
 
@@ -103,11 +103,8 @@ def test_bad_sizes_are_refused():
 
 @pytest.fixture(scope="module")
 def manager(tmp_path_factory):
-    base = tmp_path_factory.mktemp("models") / "omni"
-    install(export("omni", 1), base, 1)
-    manager = in_process.manager("omni", base, LIMITS)
-    yield manager
-    manager.stop()
+    with in_process.omni_manager(tmp_path_factory.mktemp("models"), LIMITS) as manager:
+        yield manager
 
 
 def test_the_server_refuses_past_its_queue_over_grpc_and_rest(manager):

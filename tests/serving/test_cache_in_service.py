@@ -19,11 +19,8 @@ LIMITS = Limits()
 
 @pytest.fixture(scope="module")
 def manager(tmp_path_factory):
-    base = tmp_path_factory.mktemp("models") / "omni"
-    install(export("omni", 1), base, 1)
-    manager = in_process.manager("omni", base, LIMITS)
-    yield manager
-    manager.stop()
+    with in_process.omni_manager(tmp_path_factory.mktemp("models"), LIMITS) as manager:
+        yield manager
 
 
 def _predict(service, signature, arrays, model="omni"):

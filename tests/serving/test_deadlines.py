@@ -13,7 +13,7 @@ from serving.cancellation import Timeouts
 from serving.service import Service
 from serving.validation import Limits
 from tests.serving import in_process
-from tests.serving.helpers import columnar, export, http, install, predict_request, task
+from tests.serving.helpers import columnar, http, predict_request, task
 
 LIMITS = Limits(max_inner_steps=10**6)
 LONG = dict(task(), inner_steps=np.int32(10**6))  # minutes of adaptation
@@ -21,11 +21,8 @@ LONG = dict(task(), inner_steps=np.int32(10**6))  # minutes of adaptation
 
 @pytest.fixture(scope="module")
 def manager(tmp_path_factory):
-    base = tmp_path_factory.mktemp("models") / "omni"
-    install(export("omni", 1), base, 1)
-    manager = in_process.manager("omni", base, LIMITS)
-    yield manager
-    manager.stop()
+    with in_process.omni_manager(tmp_path_factory.mktemp("models"), LIMITS) as manager:
+        yield manager
 
 
 def _light_requests_meanwhile(running, answered: list) -> threading.Thread:
