@@ -71,15 +71,30 @@ def export_untrained(base_dir: str) -> str:
     return os.path.dirname(export_saved_model(module, os.path.join(base_dir, PRESET), card))
 
 
-def make_request(model: str, ways: int, shots: int, steps: int, seed: int, batch: int = 0):
-    """An adapt_and_predict request of one random task; `batch` > 0 sets its inner batch size."""
+def make_request(
+    model: str,
+    ways: int,
+    shots: int,
+    steps: int,
+    seed: int,
+    batch: int = 0,
+    queries: int = 0,
+    query_seed: int | None = None,
+):
+    """An adapt_and_predict request of one random task; `batch` > 0 sets its inner batch size.
+
+    The support set comes from `seed`; `queries` (default: one per class) random query images
+    from `query_seed` (default: `seed`), so requests of one support set can ask new queries.
+    """
     rng = np.random.default_rng(seed)
     request = predict_pb2.PredictRequest()
     request.model_spec.name, request.model_spec.signature_name = model, sig.ADAPT_AND_PREDICT
+    support = (rng.random((ways * shots, 28, 28, 1)) > 0.5).astype(np.float32)
+    query_rng = rng if query_seed is None else np.random.default_rng([seed, query_seed])
     arrays = {
-        sig.SUPPORT_IMAGES: (rng.random((ways * shots, 28, 28, 1)) > 0.5).astype(np.float32),
+        sig.SUPPORT_IMAGES: support,
         sig.SUPPORT_LABELS: np.repeat(np.arange(ways, dtype=np.int32), shots),
-        sig.QUERY_IMAGES: (rng.random((ways, 28, 28, 1)) > 0.5).astype(np.float32),
+        sig.QUERY_IMAGES: (query_rng.random((queries or ways, 28, 28, 1)) > 0.5).astype(np.float32),
         sig.INNER_STEPS: np.int32(steps),
     }
     if batch:
@@ -117,18 +132,20 @@ def in_process_sender(servable):
 
 def run_clients(connect, requests, clients: int, per_client: int) -> dict:
     """`clients` threads, each connected with `connect()` and sending its own task
-    (`requests[i]`) `per_client` times in a row."""
+    (`requests[i]`) `per_client` times in a row; a list `requests[i]` is sent in turn, its
+    first request once more before timing starts (to connect and warm up, or to enroll)."""
     latencies, errors, lock = [], [], threading.Lock()
     barrier = threading.Barrier(clients)
 
-    def client(request):
+    def client(own):
+        own = own if isinstance(own, list) else [own]
         with connect() as send:
-            send(request)  # connect and warm up, not timed
+            send(own[0])  # not timed
             barrier.wait()
-            for _ in range(per_client):
+            for i in range(per_client):
                 start = time.perf_counter()
                 try:
-                    send(request)
+                    send(own[i % len(own)])
                     with lock:
                         latencies.append(time.perf_counter() - start)
                 except grpc.RpcError as e:
@@ -196,6 +213,34 @@ def measure_cases(label: str, connect, model: str, args, results: dict) -> None:
                 f"{r['requests']}",
                 flush=True,
             )
+
+
+def measure_enrolled(label: str, connect, model: str, args, results: dict) -> None:
+    """The enrolled case: `args.clients` clients, each with its own fixed 5-way 5-shot support
+    set, every request one new query image (`{label}_enrolled_5w5s_{n}_clients`); and one client
+    alone repeating one request with a query per class (`{label}_repeated_5w5s_1_clients`).
+    Against a server with the adaptation cache these reuse their adaptation; without, they
+    adapt every time."""
+    n, per_client = args.clients, args.enrolled_requests
+    streams = [
+        [
+            make_request(model, 5, 5, args.inner_steps, seed=70 + i, queries=1, query_seed=q)
+            for q in range(per_client)
+        ]
+        for i in range(n)
+    ]
+    r = results[f"{label}_enrolled_5w5s_{n}_clients"] = run_clients(connect, streams, n, per_client)
+    repeated = [make_request(model, 5, 5, args.inner_steps, seed=90)]
+    lone = results[f"{label}_repeated_5w5s_1_clients"] = run_clients(
+        connect, repeated, 1, 2 * args.requests
+    )
+    print(
+        f"{label}, {n} enrolled 5-way 5-shot clients, one new query a request: p50 "
+        f"{r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['throughput_rps']} requests/s, "
+        f"{r['errors']} errors of {r['requests']}; one client repeating a request: p50 "
+        f"{lone['p50_ms']} ms",
+        flush=True,
+    )
 
 
 def stacking_probes(servable, model: str, args, results: dict) -> None:
@@ -277,6 +322,27 @@ def training_ms(data_dir: str) -> float:
     return json.loads(result.stdout.strip().splitlines()[-1])["ms_per_meta_iteration"]
 
 
+def cache_bytes_per_task(rest_url: str) -> int:
+    """The server's adapted-weight cache bytes over its entries (its misses: nothing is evicted
+    in this benchmark), read from its Prometheus metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{rest_url}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    size = misses = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == ":keras_reptile:serving:adaptation_cache_bytes":
+                size += sample.value
+            elif sample.name.endswith("adaptation_cache_total") and (
+                sample.labels.get("result") == "miss"
+            ):
+                misses += sample.value
+    return round(size / misses) if misses else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export_dir", help="a model's base folder (integer version folders)")
@@ -284,6 +350,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=8, help="requests per client")
     parser.add_argument("--inner_steps", type=int, default=50)
+    parser.add_argument(
+        "--enrolled_requests", type=int, default=24, help="requests per enrolled client"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="deadline of each request")
     parser.add_argument(
         "--intra_op_threads", type=int, default=1, help="the server's threads per kernel"
@@ -343,6 +412,9 @@ def main() -> None:
             f"--model_base_path={base}",
             f"--tensorflow_intra_op_parallelism={args.intra_op_threads}",
         ]
+        monitoring = os.path.join(scratch, "monitoring.config")
+        with open(monitoring, "w") as f:
+            f.write('prometheus_config { enable: true, path: "/metrics" }\n')
         modes = {"both": (False, True), "off": (False,), "on": (True,)}[args.batching]
         for batching in modes:
             extra = []
@@ -351,9 +423,16 @@ def main() -> None:
                 if args.batching_parameters_file:
                     extra.append(f"--batching_parameters_file={args.batching_parameters_file}")
             label = "batching" if batching else "no_batching"
-            with ServerProcess(flags + extra, rest=False) as server:
-                connect = grpc_sender(server.grpc_target, args.timeout)
+            with ServerProcess([*flags, *extra, "--adaptation_cache_bytes=0"], rest=False) as s:
+                connect = grpc_sender(s.grpc_target, args.timeout)
                 measure_cases(label, connect, model, args, results)
+                measure_enrolled(label, connect, model, args, results)
+            with ServerProcess([*flags, *extra, f"--monitoring_config_file={monitoring}"]) as s:
+                measure_enrolled(
+                    f"{label}_cached", grpc_sender(s.grpc_target, args.timeout), model, args,
+                    results,
+                )  # fmt: skip
+                results[f"{label}_cached_bytes_per_task"] = cache_bytes_per_task(s.rest_url)
         if args.in_process:
             results.update(in_process_results(base, model, args))
     if args.data_dir:
@@ -378,6 +457,16 @@ def main() -> None:
         results["in_process_half_steps_speedup_5w5s"] = round(
             half / concurrent["throughput_rps"], 2
         )
+    for label in ("no_batching", "batching"):
+        cached = results.get(f"{label}_cached_enrolled_5w5s_{n}_clients")
+        if cached:
+            adapting = results[f"{label}_enrolled_5w5s_{n}_clients"]
+            results[f"{label}_enrolled_speedup_5w5s"] = round(
+                cached["throughput_rps"] / adapting["throughput_rps"], 2
+            )
+            repeated = results[f"{label}_cached_repeated_5w5s_1_clients"]["p50_ms"]
+            full = results[f"{label}_repeated_5w5s_1_clients"]["p50_ms"]
+            results[f"{label}_cached_repeated_p50_over_full"] = round(repeated / full, 3)
     alone = results.get("no_batching_5w5s_1_clients")
     if alone:
         results["lone_request_p50_over_floor"] = round(alone["p50_ms"] / floor, 2)

@@ -92,13 +92,18 @@ class AdaptationCache:
         self._stats = CacheStats(capacity_bytes=self.capacity)
 
     def get_or_adapt(
-        self, key: str, owner: tuple, adapt: Callable[[], np.ndarray]
+        self,
+        key: str,
+        owner: tuple,
+        adapt: Callable[[], np.ndarray],
+        wait_seconds: float | None = None,
     ) -> tuple[np.ndarray, bool]:
         """The weights cached under `key`, or `adapt()`'s result (then cached). Returns
         `(weights, hit)`. `owner` is `(model, version)`, for `drop`.
 
-        A call that finds the same key being adapted by another waits for it and shares its
-        result (or its error, which is not cached).
+        A call that finds the same key being adapted by another waits for it (at most
+        `wait_seconds`, then `TimeoutError`) and shares its result (or its error, which is not
+        cached).
         """
         with self._lock:
             entry = self._entries.get(key)
@@ -114,7 +119,8 @@ class AdaptationCache:
             else:
                 self._stats.hits += 1
         if not leader:
-            flight.done.wait()
+            if not flight.done.wait(wait_seconds):
+                raise TimeoutError(f"The same adaptation did not finish within {wait_seconds} s.")
             if flight.error is not None:
                 raise flight.error
             return flight.value, True

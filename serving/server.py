@@ -71,8 +71,9 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_integer(
     "adaptation_cache_bytes",
-    0,
-    "Bytes of adapted weights kept across requests: an adapt_and_predict or adapt request whose "
+    256 << 20,
+    "Bytes of adapted weights kept across requests, for all models together (default 256 MiB: "
+    "about 590 tasks of a 5-way Omniglot model): an adapt_and_predict or adapt request whose "
     "model version, support set and settings were seen before reuses them (0: off). Cached "
     "requests run as adapt + predict_adapted, each batched when task batching is on.",
 )

@@ -186,7 +186,17 @@ class Service:
         def adapt():
             return run(sig.ADAPT, {**support, **settings})[sig.ADAPTED_WEIGHTS]
 
-        weights, hit = self.cache.get_or_adapt(key, (servable.name, servable.version), adapt)
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            weights, hit = self.cache.get_or_adapt(
+                key, (servable.name, servable.version), adapt, wait
+            )
+        except TimeoutError as error:
+            raise ServingError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "Deadline exceeded while waiting for the same task's adaptation, which another "
+                "request is running.",
+            ) from error
         if self.metrics is not None:
             self.metrics.record_cache(servable.name, hit, self.cache.stats())
         if signature_name == sig.ADAPT:

@@ -47,9 +47,19 @@ def test_serving_load_prints_latencies_and_no_errors():
         "--clients=2",
         "--requests=1",
         "--inner_steps=2",
+        "--enrolled_requests=2",
         "--in_process",
     )
     assert out["errors"] == 0
+    for label in ("no_batching", "batching"):
+        for case in ("enrolled_5w5s_2_clients", "repeated_5w5s_1_clients"):
+            for server in (label, f"{label}_cached"):
+                r = out[f"{server}_{case}"]
+                assert r["errors"] == 0 and r["p50_ms"] > 0, (server, case, r)
+        assert out[f"{label}_enrolled_speedup_5w5s"] > 0
+        assert out[f"{label}_cached_repeated_p50_over_full"] > 0
+        # one cached task is the 5-way Omniglot network's 113,221 float32 weights
+        assert out[f"{label}_cached_bytes_per_task"] == 113_221 * 4
     for label in ("no_batching", "batching", "in_process"):
         for task in ("5w1s_1_clients", "5w1s_2_clients", "5w5s_1_clients", "5w5s_2_clients"):
             r = out[f"{label}_{task}"]

@@ -72,6 +72,27 @@ def test_identical_requests_in_flight_adapt_once():
     assert sorted(hit for _, hit in results) == [False, True, True, True]
 
 
+def test_a_waiter_stops_waiting_at_its_own_deadline():
+    cache = AdaptationCache(capacity_bytes=10_000)
+    started, release = threading.Event(), threading.Event()
+
+    def slow():
+        started.set()
+        release.wait(5)
+        return np.ones(10, np.float32)
+
+    leader = threading.Thread(target=lambda: cache.get_or_adapt("k", ("m", 1), slow))
+    leader.start()
+    started.wait(5)
+    begin = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not finish within 0.05 s"):
+        cache.get_or_adapt("k", ("m", 1), slow, wait_seconds=0.05)
+    assert time.monotonic() - begin < 2
+    release.set()
+    leader.join(5)
+    assert cache.get_or_adapt("k", ("m", 1), slow)[1] is True  # the leader's result was kept
+
+
 def test_errors_are_shared_by_waiters_and_not_cached():
     cache = AdaptationCache(capacity_bytes=10_000)
 
