@@ -245,6 +245,15 @@ class Recipe(_Value):
                 f"`test_classes` lists a class twice. Received: test_classes={self.test_classes!r}"
             )
 
+    def to_dict(self) -> dict[str, Any]:
+        """As `_Value.to_dict`, without the own-data fields for the paper's datasets (they keep
+        their defaults there, and `from_dict` restores them)."""
+        data = super().to_dict()
+        if not self.is_own_data:
+            for name in OWN_DATA_FIELDS:
+                del data[name]
+        return data
+
 
 # Fields of a Recipe that a resumed or warm-started run must share with the run it continues:
 # they decide the network, its classes, the tasks drawn and the carried optimizer state.
