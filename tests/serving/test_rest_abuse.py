@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import signal
 import socket
 import threading
 import time
@@ -18,6 +19,7 @@ import pytest
 
 from serving import rest
 from serving.cancellation import Timeouts
+from serving.launcher import ServerProcess
 from serving.rest_limits import RestLimits
 from serving.service import Service
 from serving.validation import Limits
@@ -282,3 +284,159 @@ def test_abusive_request_gets_its_status_and_the_server_stays_up(server, case):
     assert set(body) == {"error"} and case.message in body["error"], body
     assert took < 3.0, took
     assert _light(_port(server)) < LIGHT_SECONDS
+
+
+def test_connections_past_the_cap_are_answered_503_at_once(server):
+    idle = [socket.create_connection(("127.0.0.1", _port(server))) for _ in range(6)]
+    try:
+        deadline = time.monotonic() + 2
+        while server.open_connections < 6:
+            assert time.monotonic() < deadline, server.open_connections
+            time.sleep(0.01)
+        with socket.create_connection(("127.0.0.1", _port(server)), timeout=2) as extra:
+            status, body = _answer(extra)
+        assert status == 503 and "Too many open connections (6" in body["error"], body
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 2
+    while server.open_connections:  # the idle ones are closed at their header deadline
+        assert time.monotonic() < deadline, server.open_connections
+        time.sleep(0.01)
+    assert _light(_port(server)) < LIGHT_SECONDS
+
+
+def test_a_body_waits_for_a_decoding_slot_until_its_deadline(manager):
+    with rest_server(manager, timeouts=Timeouts(rest_ms=300)) as server:
+        with server.decoding(time.monotonic() + 5):  # the only slot, held
+            start = time.monotonic()
+            status, body = http(
+                "POST", f"http://127.0.0.1:{_port(server)}{_PREDICT}", {"instances": [[0.5]]}
+            )
+            took = time.monotonic() - start
+            assert _light(_port(server)) < LIGHT_SECONDS  # status requests decode nothing
+        assert status == 503 and "--rest_api_max_concurrent_decodes" in body["error"], body
+        assert 0.25 < took < 2.0, took
+        status, body = http(
+            "POST", f"http://127.0.0.1:{_port(server)}{_PREDICT}", {"instances": [[0.5]]}
+        )
+        assert status == 200 and len(body["predictions"]) == 1, body
+
+
+@pytest.mark.parametrize(
+    "allowed, header, ok",
+    [
+        ((), "localhost", True),
+        ((), "LOCALHOST:8501", True),
+        ((), "127.0.0.1:1", True),
+        ((), "[::1]:8501", True),
+        ((), "[::1]", True),
+        ((), "localhost.:8501", True),
+        ((), "example.com", False),
+        ((), "127.0.0.1.example.com", False),
+        ((), "[::2]", False),
+        ((), "", False),
+        (("example.com", "10.0.0.5"), "example.com:80", True),
+        (("example.com", "10.0.0.5"), "10.0.0.5:8501", True),
+        (("example.com",), "www.example.com", False),
+        (("fe80::1",), "[fe80::1]:8501", True),
+        (("*",), "anything.example", True),
+    ],
+)
+def test_the_host_header_must_name_this_server(allowed, header, ok):
+    assert RestLimits(allowed_hosts=allowed).host_allowed(header) is ok
+
+
+def test_the_bound_address_is_an_allowed_host():
+    assert RestLimits().with_host("10.0.0.5").host_allowed("10.0.0.5:8501")
+    assert not RestLimits().with_host("0.0.0.0").host_allowed("0.0.0.0")
+
+
+@pytest.mark.parametrize(
+    "kwargs, received",
+    [
+        (dict(threads=0), "Received: threads=0"),
+        (dict(header_timeout_ms=0.5), "Received: header_timeout_ms=0.5"),
+        (dict(threads=8, max_connections=4), "Received: max_connections=4, threads=8"),
+    ],
+)
+def test_rest_limits_refuse_bad_values(kwargs, received):
+    with pytest.raises(ValueError, match=received):
+        RestLimits(**kwargs)
+
+
+def test_close_returns_within_its_grace_whatever_clients_do(manager):
+    limits = RestLimits(
+        threads=4, max_connections=8, header_timeout_ms=60000, body_timeout_ms=60000
+    )
+    with rest_server(manager, limits) as server:
+        port = _port(server)
+        tricklers = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        idle = socket.create_connection(("127.0.0.1", port))
+        for sock in tricklers:
+            threading.Thread(
+                target=_head_then_trickle(_post(_PREDICT, _BODY), 0.2), args=(sock,), daemon=True
+            ).start()
+        time.sleep(0.3)
+        assert server.open_connections == 3
+        server.shutdown()
+        start = time.monotonic()
+        server.close(grace=0.5)
+        took = time.monotonic() - start
+        assert took < 1.5, took
+        assert server.open_connections == 0
+        for sock in [*tricklers, idle]:
+            sock.close()
+
+
+def _raw(port: int, data: bytes) -> tuple[int, dict | None]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        return _answer(sock)
+
+
+def test_sigterm_exits_within_the_grace_period_whatever_rest_clients_do(tmp_path):
+    """The flags reach the server, and tricklers and idle connections do not hold its exit."""
+    install(export("sine", 1), tmp_path / "sine", 1)
+    flags = [
+        "--model_name=sine",
+        f"--model_base_path={tmp_path / 'sine'}",
+        "--shutdown_grace_seconds=1",
+        "--rest_api_header_timeout_in_ms=60000",
+        "--rest_api_body_timeout_in_ms=60000",
+        "--rest_api_allowed_hosts=example.com",
+        "--rest_api_num_threads=4",
+        "--rest_api_max_connections=5",
+    ]
+    server = ServerProcess(flags)
+    server.start()
+    sockets = []
+    try:
+        port = server.rest_port
+        status, _ = _raw(port, b"GET /v1/models/sine HTTP/1.1\r\nHost: example.com:80\r\n\r\n")
+        assert status == 200
+        status, body = _raw(port, b"GET /v1/models/sine HTTP/1.1\r\nHost: example.org\r\n\r\n")
+        assert status == 403 and "--rest_api_allowed_hosts" in body["error"]
+        for talk in (
+            _head_then_trickle(_post(_PREDICT, _BODY), 0.5),
+            _trickle(b"GET /v1/models/sine HTTP/1.1\r\n", 0.5),
+            _send_then_wait(b""),
+            _send_then_wait(b""),
+            _send_then_wait(b""),
+        ):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sockets.append(sock)
+            threading.Thread(target=talk, args=(sock,), daemon=True).start()
+        time.sleep(0.5)
+        status, body = _raw(port, b"GET /v1/models/sine HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert status == 503 and "--rest_api_max_connections" in body["error"], body
+        start = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(15) == 0
+        assert time.monotonic() - start < 10
+        assert "Server stopped" in server.log() and "Traceback" not in server.log()
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.stop(signal.SIGKILL)
+        server.close()
