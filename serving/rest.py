@@ -67,8 +67,8 @@ def _target(name: str, version: str | None, label: str | None) -> Target:
             raise invalid(
                 f"The {what} in the path has {len(value)} characters; at most {_MAX_SEGMENT}."
             )
-    if version and len(version) > 18:
-        raise invalid(f"Version {version[:20]}... in the path is not a 64-bit integer.")
+    if version and (len(version) > 19 or int(version) >= 2**63):
+        raise invalid(f"Version {version[:20]} in the path is not a 64-bit integer.")
     return Target(name, int(version) if version else None, label)
 
 
