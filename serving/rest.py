@@ -41,7 +41,12 @@ from serving.demo import site as demo_site
 from serving.errors import ServingError, invalid, not_found
 from serving.grpc_service import signature_map, status_response
 from serving.rest_limits import DEFAULT_LIMITS, RestLimits
-from serving.rest_transport import BoundedHTTPServer, DeadlineExpired, DeadlineReader
+from serving.rest_transport import (
+    BoundedHTTPServer,
+    DeadlineExpired,
+    DeadlineReader,
+    DeadlineWriter,
+)
 from serving.service import MODEL_CARD, SIGNATURE_DEF, Service, Target, check_deadline
 
 # http_rest_api_util.cc
@@ -132,7 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection = self.request
         self.reader = DeadlineReader(self.connection)
         self.rfile = io.BufferedReader(self.reader)
-        self.wfile = self.connection.makefile("wb", 0)
+        self.writer = DeadlineWriter(self.connection)
+        self.wfile = self.writer
 
     def handle_one_request(self) -> None:
         """`BaseHTTPRequestHandler.handle_one_request`, with the request line and headers read
@@ -160,8 +166,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except DeadlineExpired as e:
             self.close_connection = True
-            if e.phase == "headers" and self.reader.received == 0:
-                return  # an idle connection: closed without a word
+            if e.phase == "answer" or (e.phase == "headers" and self.reader.received == 0):
+                return  # a client that does not read, or an idle connection: closed
             self.send_error(
                 408,
                 "The request line and headers were not received within "
@@ -177,7 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.request_version = "HTTP/1.0"
         try:
             self._send(code, {"error": message or HTTPStatus(code).phrase})
-        except OSError:
+        except (OSError, DeadlineExpired):
             pass
 
     def _send(self, status: int, body: dict | demo_site.Response) -> None:
@@ -189,7 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["Location"] = body.location
         else:
             content_type, data = "application/json", json.dumps(body).encode()
-        self.connection.settimeout(self.server.limits.body_timeout_ms / 1000)
+        self.writer.start(self.server.limits.body_timeout_ms / 1000)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
@@ -214,8 +220,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._record(method, code, time.monotonic() - start)
         try:
             self._send(status, body)
-        except OSError:
-            logging.info("REST client went away before its answer was sent")
+        except (OSError, DeadlineExpired):
+            self.close_connection = True
+            logging.info("REST client went away, or did not read, before its answer was sent")
 
     def _check_headers(self) -> None:
         """The Host is this server's; Content-Length and Transfer-Encoding are unambiguous."""

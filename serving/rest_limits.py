@@ -37,9 +37,10 @@ class RestLimits:
         threads: int. Worker threads; each serves one connection at a time.
         max_connections: int. Open connections (served or waiting for a thread); one more is
             answered 503 and closed.
-        header_timeout_ms: int. Time a client has to send a request line and its headers (and
-            an open connection to start its next request).
-        body_timeout_ms: int. Time a client has to send a request's body.
+        header_timeout_ms: int. Time a client has to send a request line and its headers (an
+            open connection that sends nothing is closed then).
+        body_timeout_ms: int. Time a client has to send a request's body, and to take its
+            answer.
         max_concurrent_decodes: int. JSON bodies decoded at once; others wait, until their
             request's deadline (then 503).
         allowed_hosts: tuple of str. Host header names accepted besides loopback's (no port;

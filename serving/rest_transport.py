@@ -1,11 +1,12 @@
-"""The REST port's connections: a bounded pool of threads, a connection cap, total read deadlines.
+"""The REST port's connections: a bounded pool of threads, a connection cap, total deadlines.
 
 `BoundedHTTPServer` accepts connections on its own thread and hands each to one of a fixed number
 of daemon worker threads; connections beyond the cap are answered 503 at once and closed. A
 connection's reads go through a `DeadlineReader`, whose budget covers a whole phase (the request
 line and headers, or the body) rather than each read, so a client that trickles bytes is cut off
-when the phase's time is up. `close(grace)` stops reading from every connection, gives requests
-in flight `grace` seconds to answer, then shuts the remaining sockets: no client can hold it.
+when the phase's time is up; its writes go through a `DeadlineWriter` likewise. `close(grace)`
+stops reading from every connection, gives requests in flight `grace` seconds to answer, then
+shuts the remaining sockets: no client can hold it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from absl import logging
 
 
 class DeadlineExpired(Exception):
-    """A phase of a request (its `phase`: "headers" or "body") ran out of time."""
+    """A phase of a request (its `phase`: "headers", "body" or "answer") ran out of time."""
 
     def __init__(self, phase: str):
         super().__init__(phase)
@@ -59,6 +60,39 @@ class DeadlineReader(io.RawIOBase):
             raise DeadlineExpired(self.phase) from None
         self.received += count
         return count
+
+
+class DeadlineWriter(io.RawIOBase):
+    """A socket's writes, all of them within the time given by `start` (phase "answer").
+
+    Args:
+        sock: socket.socket. The connection.
+    """
+
+    def __init__(self, sock: socket.socket):
+        super().__init__()
+        self._sock = sock
+        self.deadline = time.monotonic()
+
+    def start(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        while view:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExpired("answer")
+            self._sock.settimeout(left)
+            try:
+                sent = self._sock.send(view[: 1 << 16])
+            except TimeoutError:
+                raise DeadlineExpired("answer") from None
+            view = view[sent:]
+        return len(data)
 
 
 def refusal(status: int, reason: str, message: str) -> bytes:

@@ -21,6 +21,7 @@ from serving import rest
 from serving.cancellation import Timeouts
 from serving.launcher import ServerProcess
 from serving.rest_limits import RestLimits
+from serving.rest_transport import DeadlineExpired, DeadlineReader, DeadlineWriter
 from serving.service import Service
 from serving.validation import Limits
 from tests.serving import in_process
@@ -255,6 +256,14 @@ CASES = [
         "2 Host headers",
     ),
     Case(
+        "too_many_headers",
+        _send_then_wait(
+            b"GET /v1/models/sine HTTP/1.1\r\nHost: localhost\r\n" + b"X: y\r\n" * 200 + b"\r\n"
+        ),
+        431,
+        "Too many headers",
+    ),
+    Case(
         "unknown_method",
         _send_then_wait(b"PATCH /v1/models/sine HTTP/1.1\r\nHost: localhost\r\n\r\n"),
         501,
@@ -440,3 +449,24 @@ def test_sigterm_exits_within_the_grace_period_whatever_rest_clients_do(tmp_path
             sock.close()
         server.stop(signal.SIGKILL)
         server.close()
+
+
+@pytest.mark.parametrize("phase", ["body", "answer"])
+def test_a_phase_deadline_holds_however_the_peer_trickles(phase):
+    near, far = socket.socketpair()
+    with near, far:
+        start = time.monotonic()
+        with pytest.raises(DeadlineExpired, match=phase):
+            if phase == "answer":  # a peer that never reads
+                writer = DeadlineWriter(near)
+                writer.start(0.3)
+                writer.write(b"x" * (64 << 20))
+            else:  # a peer that sends a byte every 0.05 s
+                reader = DeadlineReader(near)
+                reader.start("body", 0.3)
+                feeder = threading.Thread(target=_trickle(b"y" * 40, 0.05), args=(far,))
+                feeder.start()
+                buffer = bytearray(1)
+                while True:
+                    reader.readinto(buffer)
+        assert time.monotonic() - start < 1.0
