@@ -30,6 +30,7 @@ import urllib.parse
 from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
+from typing import NoReturn
 
 import grpc
 from absl import logging
@@ -144,7 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
         """`BaseHTTPRequestHandler.handle_one_request`, with the request line and headers read
         within `header_timeout_ms`, and every failure answered or the connection closed."""
         self.reader.start("headers", self.server.limits.header_timeout_ms / 1000)
-        self.close_connection = True
+        self.close_connection = True  # HTTP/1.0: one request per connection
         self.command = self.path = self.requestline = ""
         self.request_version = "HTTP/1.0"
         try:
@@ -156,11 +157,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if not self.parse_request():  # its error is answered
                 return
-            if self.server.stopping:
-                self.close_connection = True
             method = getattr(self, "do_" + self.command, None)
             if method is None:
-                self.send_error(501, f"Unsupported method: {self.command}")
+                self.send_error(501, f"Unsupported method: {self.command[:50]}")
                 return
             method()
             self.wfile.flush()
@@ -322,14 +321,15 @@ class _Handler(BaseHTTPRequestHandler):
         if not _LENGTH.fullmatch(length):
             self.close_connection = True
             if length.isascii() and length.isdigit():
-                return self._refuse_body(None)
+                self._refuse_body(None)
             raise invalid(f"Content-Length {length[:20]!r} is not a number of bytes.")
         return int(length)
 
-    def _refuse_body(self, length: int | None) -> int:
-        """Raises 413 for a body over the limit (read first if small enough, so the client sees
-        the answer rather than a reset)."""
+    def _refuse_body(self, length: int | None) -> NoReturn:
+        """Raises 413 for a body over the limit (read first, within the body timeout, if small
+        enough, so the client sees the answer rather than a reset)."""
         limit = self.server.service.limits.max_message_bytes
+        self.reader.start("body", self.server.limits.body_timeout_ms / 1000)
         remaining = length if length is not None and length <= limit + _DRAIN_BYTES else 0
         try:
             while remaining > 0:
