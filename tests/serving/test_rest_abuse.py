@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import signal
 import socket
 import threading
@@ -279,7 +280,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_abusive_request_gets_its_status_and_the_server_stays_up(server, case):
+def test_abusive_request_gets_its_status_and_the_server_stays_up(server, case, caplog):
+    caplog.set_level(logging.INFO)
     with socket.create_connection(("127.0.0.1", _port(server)), timeout=10) as sock:
         client = threading.Thread(target=case.talk, args=(sock,))
         start = time.monotonic()
@@ -293,6 +295,8 @@ def test_abusive_request_gets_its_status_and_the_server_stays_up(server, case):
     assert set(body) == {"error"} and case.message in body["error"], body
     assert took < 3.0, took
     assert _light(_port(server)) < LIGHT_SECONDS
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not errors, [r.getMessage() for r in errors]  # client input logs no traceback
 
 
 def test_connections_past_the_cap_are_answered_503_at_once(server):
