@@ -5,6 +5,11 @@ signature has several inputs) or the columnar format (`"inputs"`: a value, or an
 values). Values are converted to the signature's dtype only when that loses nothing: JSON integers
 are accepted for float inputs (as TF Serving does), but a fraction is never accepted for an
 integer input, nor a string or a boolean for a number.
+
+Shapes are checked before any value is converted: each input's shape is read from the lengths of
+its first nested lists and checked against the signature and the server's limits (tasks,
+examples, bytes), so a body with too many rows or too large a tensor is refused before arrays are
+built; a list whose other elements differ is found ragged when converted.
 """
 
 from __future__ import annotations
@@ -20,6 +25,36 @@ from serving import validation
 from serving.errors import invalid
 
 _JSON_KIND = {"b": "Bool", "i": "Integer", "u": "Integer", "f": "Number", "U": "String"}
+
+
+def parse(data: bytes):
+    """The JSON value of a request body (INVALID_ARGUMENT if it is not JSON or nests too deep)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise invalid("JSON Parse error: the body nests arrays or objects too deeply.") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise invalid(f"JSON Parse error: {e}") from None
+
+
+def nested_shape(value) -> tuple[int, ...]:
+    """The shape of a nested list, read along its first elements (a ragged one is caught when
+    converted)."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return tuple(shape)
+
+
+def _check_before_decoding(
+    spec: sig.SignatureSpec, input_spec: sig.InputSpec, shape: tuple[int, ...], limits
+) -> None:
+    if 0 not in shape:  # an empty one is cheap to convert, and refused with its shape after
+        validation.check_shape(spec, input_spec, shape, limits)
+    validation.check_decoded_size(input_spec.key, shape, input_spec.dtype, limits)
 
 
 def signature_name_of(body) -> str:
@@ -70,11 +105,17 @@ def to_array(value, dtype: tf.DType, key: str) -> np.ndarray:
         return array.astype(dtype.as_numpy_dtype)
 
 
-def _rows(instances, spec: sig.SignatureSpec) -> dict[str, np.ndarray]:
+def _rows(instances, spec: sig.SignatureSpec, limits: validation.Limits) -> dict[str, np.ndarray]:
     if not isinstance(instances, list):
         raise invalid(f"'instances' must be a list; received {type(instances).__name__}.")
     if not instances:
         raise invalid("No values in 'instances' array")
+    most = max(limits.max_support, limits.max_queries, limits.max_tasks)
+    if len(instances) > most:
+        raise invalid(
+            f"'instances' holds {len(instances)} rows; the server accepts at most {most} "
+            "(--max_support, --max_queries, --max_tasks)."
+        )
     if all(isinstance(item, dict) for item in instances):
         keys = set(instances[0])
         for i, item in enumerate(instances):
@@ -101,6 +142,7 @@ def _rows(instances, spec: sig.SignatureSpec) -> dict[str, np.ndarray]:
                 f'(each row value gets a batch dimension); send it in the columnar ("inputs") '
                 f"format or leave it out to use its default."
             )
+        _check_before_decoding(spec, input_spec, (len(values), *nested_shape(values[0])), limits)
         items = [to_array(v, input_spec.dtype, key) for v in values]
         for i, item in enumerate(items):
             if item.shape != items[0].shape:
@@ -112,30 +154,39 @@ def _rows(instances, spec: sig.SignatureSpec) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _column(value, input_spec: sig.InputSpec) -> np.ndarray:
+def _empty_shape(shape: tuple[int, ...], expected) -> tuple[int, ...]:
+    """JSON's [] has no inner dimensions: they are taken from the contract (0 for a free one)."""
+    if expected and len(shape) < len(expected) and shape[-1:] == (0,):
+        return shape + tuple(d or 0 for d in expected[len(shape) :])
+    return shape
+
+
+def _column(value, spec: sig.SignatureSpec, input_spec: sig.InputSpec, limits) -> np.ndarray:
+    shape = _empty_shape(nested_shape(value), input_spec.shape)
+    _check_before_decoding(spec, input_spec, shape, limits)
     array = to_array(value, input_spec.dtype, input_spec.key)
-    shape = input_spec.shape
-    if array.size == 0 and shape and array.ndim < len(shape) and array.shape[-1:] == (0,):
-        # JSON's [] has no inner dimensions: take them from the contract (0 for a free one).
-        inner = tuple(d or 0 for d in shape[array.ndim :])
-        array = array.reshape(array.shape + inner)
+    if array.size == 0:
+        array = array.reshape(_empty_shape(array.shape, input_spec.shape))
     return array
 
 
-def _columns(inputs, spec: sig.SignatureSpec) -> dict[str, np.ndarray]:
+def _columns(inputs, spec: sig.SignatureSpec, limits) -> dict[str, np.ndarray]:
     if isinstance(inputs, dict):
         validation.check_input_names(spec, inputs)
-        return {k: _column(v, spec.input(k)) for k, v in inputs.items()}
+        return {k: _column(v, spec, spec.input(k), limits) for k, v in inputs.items()}
     if len(spec.inputs) != 1:
         raise invalid(
             f"'inputs' is a plain value, but signature \"{spec.name}\" has several inputs: send "
             f"an object of named inputs {sorted(i.key for i in spec.inputs)}."
         )
-    return {spec.inputs[0].key: _column(inputs, spec.inputs[0])}
+    return {spec.inputs[0].key: _column(inputs, spec, spec.inputs[0], limits)}
 
 
-def decode_predict(body: Mapping, spec: sig.SignatureSpec) -> tuple[dict[str, np.ndarray], bool]:
-    """The arrays of a predict body and whether it used the row format."""
+def decode_predict(
+    body: Mapping, spec: sig.SignatureSpec, limits: validation.Limits
+) -> tuple[dict[str, np.ndarray], bool]:
+    """The arrays of a predict body and whether it used the row format; each input's shape is
+    checked against `spec` and `limits` before its values are converted."""
     has_rows, has_columns = "instances" in body, "inputs" in body
     if has_rows and has_columns:
         raise invalid(
@@ -144,8 +195,8 @@ def decode_predict(body: Mapping, spec: sig.SignatureSpec) -> tuple[dict[str, np
     if not (has_rows or has_columns):
         raise invalid("Missing 'inputs' or 'instances' key")
     if has_rows:
-        return _rows(body["instances"], spec), True
-    return _columns(body["inputs"], spec), False
+        return _rows(body["instances"], spec, limits), True
+    return _columns(body["inputs"], spec, limits), False
 
 
 def encode_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict:
@@ -163,17 +214,25 @@ def encode_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict:
     return {"predictions": [{k: v[i].tolist() for k, v in outputs.items()} for i in range(rows)]}
 
 
-def decode_examples(body: Mapping) -> list[dict[str, np.ndarray]]:
-    """Classify's `"examples"` (and optional `"context"`) as feature -> float32 values."""
+def decode_examples(body: Mapping, limits: validation.Limits) -> list[dict[str, np.ndarray]]:
+    """Classify's `"examples"` (and optional `"context"`) as feature -> float32 values; their
+    count and sizes are checked against `limits` first."""
     examples = body.get("examples")
     if not isinstance(examples, list):
         raise invalid("Missing 'examples' key: expected a list of objects of named features.")
+    if len(examples) > limits.max_queries:
+        raise invalid(
+            f"'examples' holds {len(examples)} examples; the server accepts at most "
+            f"{limits.max_queries} (--max_queries)."
+        )
     context = body.get("context", {})
     rows = []
     for i, example in enumerate(examples):
         if not isinstance(example, dict) or not isinstance(context, dict):
             raise invalid(f"Example {i} is not a JSON object of named features.")
         merged = {**context, **example}
+        for key, value in merged.items():
+            validation.check_decoded_size(key, nested_shape(value), tf.float32, limits)
         rows.append({k: to_array(v, tf.float32, k).reshape(-1) for k, v in merged.items()})
     return rows
 

@@ -30,6 +30,7 @@ from serving.errors import ServingError
 from serving.metrics import ServingMetrics
 from serving.model_config import ModelServerConfig
 from serving.model_manager import ModelManager
+from serving.rest_limits import RestLimits
 from serving.service import Service
 from serving.validation import Limits
 
@@ -153,6 +154,40 @@ flags.DEFINE_string(
 flags.DEFINE_bool(
     "demo", True, "Serve the browser demo at /demo/ on the REST port (serving/demo/)."
 )
+flags.DEFINE_integer(
+    "rest_api_num_threads",
+    16,
+    "REST worker threads; each serves one connection at a time (TF Serving's flag name).",
+)
+flags.DEFINE_integer(
+    "rest_api_max_connections",
+    64,
+    "Most open REST connections (served or waiting for a thread, >= --rest_api_num_threads); "
+    "one more is answered 503 and closed.",
+)
+flags.DEFINE_integer(
+    "rest_api_header_timeout_in_ms",
+    10000,
+    "Total time, in ms, a REST client has to send its request line and headers (and an open "
+    "connection to start its request); past it the answer is 408.",
+)
+flags.DEFINE_integer(
+    "rest_api_body_timeout_in_ms",
+    60000,
+    "Total time, in ms, a REST client has to send a request body (and to take its answer); "
+    "past it the answer is 408.",
+)
+flags.DEFINE_integer(
+    "rest_api_max_concurrent_decodes",
+    2,
+    "REST JSON bodies decoded at once; others wait until their deadline, then get 503.",
+)
+flags.DEFINE_list(
+    "rest_api_allowed_hosts",
+    [],
+    "Host header names the REST port accepts besides localhost, 127.0.0.1, [::1] and --host "
+    "(comma-separated, no port; * accepts any); others are answered 403.",
+)
 
 
 def _check_flags() -> None:
@@ -172,6 +207,11 @@ def _check_flags() -> None:
         "rest_api_timeout_in_ms",
         "request_timeout_in_ms",
         "max_request_timeout_in_ms",
+        "rest_api_num_threads",
+        "rest_api_max_connections",
+        "rest_api_header_timeout_in_ms",
+        "rest_api_body_timeout_in_ms",
+        "rest_api_max_concurrent_decodes",
     ):
         if FLAGS[name].value < 1:
             raise app.UsageError(f"--{name} must be >= 1. Received: {FLAGS[name].value}")
@@ -194,6 +234,12 @@ def _check_flags() -> None:
             f"grpc_workers={FLAGS.grpc_workers}, "
             f"max_concurrent_computations={FLAGS.max_concurrent_computations}, "
             f"max_queued_computations={FLAGS.max_queued_computations}"
+        )
+    if FLAGS.rest_api_max_connections < FLAGS.rest_api_num_threads:
+        raise app.UsageError(
+            "--rest_api_max_connections must be >= --rest_api_num_threads. Received: "
+            f"rest_api_max_connections={FLAGS.rest_api_max_connections}, "
+            f"rest_api_num_threads={FLAGS.rest_api_num_threads}"
         )
     if FLAGS.batching_parameters_file and not FLAGS.enable_batching:
         raise app.UsageError("--batching_parameters_file needs --enable_batching.")
@@ -298,8 +344,16 @@ def main(argv: list[str]) -> None:
         rest_server = None
         if FLAGS.rest_api_port:
             metrics_path = monitoring.path if monitoring.prometheus else None
+            rest_limits = RestLimits(
+                threads=FLAGS.rest_api_num_threads,
+                max_connections=FLAGS.rest_api_max_connections,
+                header_timeout_ms=FLAGS.rest_api_header_timeout_in_ms,
+                body_timeout_ms=FLAGS.rest_api_body_timeout_in_ms,
+                max_concurrent_decodes=FLAGS.rest_api_max_concurrent_decodes,
+                allowed_hosts=tuple(FLAGS.rest_api_allowed_hosts),
+            )
             rest_server = rest.build_server(
-                service, FLAGS.host, FLAGS.rest_api_port, FLAGS.demo, metrics_path
+                service, FLAGS.host, FLAGS.rest_api_port, FLAGS.demo, metrics_path, rest_limits
             )
     except OSError as e:
         manager.stop()
@@ -327,18 +381,22 @@ def main(argv: list[str]) -> None:
 
 
 def _shutdown(grpc_server, rest_server, health, service: Service, grace: float) -> None:
-    """Refuses new requests, gives those in flight `grace` seconds, then unloads the models."""
+    """Refuses new requests, gives those in flight `grace` seconds, then unloads the models.
+
+    REST connections stop being read at once (a body still arriving is cut off); after `grace`
+    the connections left are shut, and their daemon threads do not hold the process.
+    """
     logging.info("Shutting down: finishing requests in flight (up to %.0f s)", grace)
     health.enter_graceful_shutdown()
     grpc_done = grpc_server.stop(grace)
     closer = None
     if rest_server is not None:
         rest_server.shutdown()
-        closer = threading.Thread(target=rest_server.server_close, daemon=True)
+        closer = threading.Thread(target=rest_server.close, args=(grace,), daemon=True)
         closer.start()
     grpc_done.wait(grace + 1)
     if closer is not None:
-        closer.join(grace)
+        closer.join(grace + 1)
     if service.batcher is not None:
         service.batcher.stop()
     service.manager.stop()

@@ -24,6 +24,7 @@ from serving.errors import ServingError, not_found
 from serving.service import MODEL_CARD, Service, Target
 
 DEMO_DIR = pathlib.Path(__file__).resolve().parent
+_MAX_NAME = 255  # characters of a file name
 PREFIX = "/demo"
 MODELS_FILE = "models.json"
 CONTENT_TYPES = {
@@ -73,16 +74,23 @@ def static_file(relative: str) -> tuple[bytes, str]:
     could leave the folder (`..`, a backslash, an absolute name, a link out).
     """
     parts = urllib.parse.unquote(relative).split("/")
-    safe = all(p and p not in (".", "..") and "\\" not in p and "\0" not in p for p in parts)
-    path = DEMO_DIR.joinpath(*parts).resolve() if safe else None
-    if (
-        path is None
-        or not path.is_relative_to(DEMO_DIR)
-        or path.suffix not in CONTENT_TYPES
-        or not path.is_file()
-    ):
-        raise not_found(f"Not found: {PREFIX}/{relative}")
-    return path.read_bytes(), CONTENT_TYPES[path.suffix]
+    safe = all(
+        p and p not in (".", "..") and "\\" not in p and "\0" not in p and len(p) <= _MAX_NAME
+        for p in parts
+    )
+    try:
+        path = DEMO_DIR.joinpath(*parts).resolve() if safe else None
+        found = (
+            path is not None
+            and path.is_relative_to(DEMO_DIR)
+            and path.suffix in CONTENT_TYPES
+            and path.is_file()
+        )
+        if found:
+            return path.read_bytes(), CONTENT_TYPES[path.suffix]
+    except OSError:  # a name the file system refuses is not a file of the page
+        pass
+    raise not_found(f"Not found: {PREFIX}/{relative[:300]}")
 
 
 def models_summary(service: Service) -> dict:

@@ -206,6 +206,11 @@ def test_flags_that_cannot_work_together_are_usage_errors(tmp_path):
     result = _launch(["--grpc_workers=4"], tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "--grpc_workers must exceed" in result.stderr
+    result = _launch(["--rest_api_num_threads=8", "--rest_api_max_connections=4"], tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--rest_api_max_connections must be >= --rest_api_num_threads" in result.stderr
+    result = _launch(["--rest_api_header_timeout_in_ms=0"], tmp_path)
+    assert "--rest_api_header_timeout_in_ms must be >= 1. Received: 0" in result.stderr
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text("prometheus_config { enable: true }")
     result = _launch([f"--monitoring_config_file={monitoring}", "--rest_api_port=0"], tmp_path)

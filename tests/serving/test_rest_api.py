@@ -262,7 +262,7 @@ def _post_raw(server, data: bytes, path="/v1/models/omni:predict"):
         (
             "POST",
             "/v1/models/omni:predict",
-            b'{"inputs": [[1, 2], [3]]}',
+            json.dumps({"inputs": [[[[0]] * 28] * 28, [[0]]]}).encode(),
             400,
             "ragged nested list",
         ),
@@ -356,7 +356,7 @@ def test_row_format_rejects_scalars_with_advice(server):
 
 def test_missing_content_length_is_refused(server):
     with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as s:
-        s.sendall(b"POST /v1/models/omni:predict HTTP/1.0\r\nHost: x\r\n\r\n")
+        s.sendall(b"POST /v1/models/omni:predict HTTP/1.0\r\nHost: localhost\r\n\r\n")
         reply = b"".join(iter(lambda: s.recv(65536), b""))
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.split()[1] == b"411" and "Content-Length" in json.loads(body)["error"]

@@ -213,12 +213,12 @@ def test_empty_json_lists_keep_the_inner_dimensions():
             {k: v.tolist() for k, v in _task().items()}, support_images=[], support_labels=[]
         )
     }
-    arrays, row_format = json_codec.decode_predict(body, ADAPT)
+    arrays, row_format = json_codec.decode_predict(body, ADAPT, LIMITS)
     assert arrays[sig.SUPPORT_IMAGES].shape == (0, 28, 28, 1) and not row_format
     # With a task axis: no task at all, or tasks of no example (free dimensions read as 0).
     for value, shape in (([], (0, 0, 28, 28, 1)), ([[], []], (2, 0, 28, 28, 1))):
         keys = (sig.SUPPORT_IMAGES, sig.SUPPORT_LABELS, sig.QUERY_IMAGES)
-        arrays, _ = json_codec.decode_predict({"inputs": dict.fromkeys(keys, value)}, TASKS)
+        arrays, _ = json_codec.decode_predict({"inputs": dict.fromkeys(keys, value)}, TASKS, LIMITS)
         assert arrays[sig.SUPPORT_IMAGES].shape == arrays[sig.QUERY_IMAGES].shape == shape
         assert arrays[sig.SUPPORT_LABELS].shape == shape[:2]
 
