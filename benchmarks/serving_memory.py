@@ -12,6 +12,11 @@ through), `transductive` and one inner step so the computation stays small. Prin
 the body's size and shape, the answer's status (a refusal by the cost limits comes after the body
 was decoded, so it is measured all the same), the seconds until the answer, and the server
 process's peak resident memory (VmHWM of /proc/<pid>/status) before and after, in MiB.
+
+With `--grpc`, instead: each request of a small table (the non-transductive query pass of wide
+tasks, a large inner batch, many tasks in one call), sent over gRPC to a server of its own, with
+the cost estimate the server checks against `--max_request_memory_mb` and the growth of the
+server's peak resident memory that it caused, so the estimate is measured against the process.
 """
 
 import argparse
@@ -68,6 +73,71 @@ def worst_body(max_bytes: int, support: int, queries: int, max_tasks: int) -> tu
     return body.encode(), {"tasks": tasks, "support": support, "queries": queries}
 
 
+# (name, tasks or None for adapt_and_predict, support, queries, inner_steps, inner_batch,
+# transductive): requests the default limits accept
+GRPC_CASES = (
+    ("non_transductive_200x200", None, 200, 200, 0, 5, False),
+    ("non_transductive_500x500", None, 500, 500, 0, 5, False),
+    ("inner_batch_500", None, 500, 5, 1, 500, True),
+    ("64_tasks_5w5s", 64, 25, 5, 5, 5, False),
+)
+
+
+def grpc_case(base: str, case: tuple) -> dict:
+    """One request of `GRPC_CASES` on a fresh server: its estimate and measured peak growth."""
+    import grpc
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from keras_reptile.models import build_model
+    from keras_reptile.models.cost import ModelCost
+    from serving.cost import PARALLEL_TASKS, RequestShape, estimate
+
+    name, tasks, support, queries, steps, batch, transductive = case
+    lead = () if tasks is None else (tasks,)
+    arrays = {
+        sig.SUPPORT_IMAGES: np.zeros((*lead, support, SIDE, SIDE, 1), np.float32),
+        sig.SUPPORT_LABELS: np.zeros((*lead, support), np.int32),
+        sig.QUERY_IMAGES: np.zeros((*lead, queries, SIDE, SIDE, 1), np.float32),
+        sig.INNER_STEPS: np.int32(steps),
+        sig.INNER_BATCH_SIZE: np.int32(batch),
+        sig.TRANSDUCTIVE: np.bool_(transductive),
+    }
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    request.model_spec.signature_name = (
+        sig.ADAPT_AND_PREDICT if tasks is None else sig.ADAPT_AND_PREDICT_TASKS
+    )
+    for key, value in arrays.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    shape = RequestShape(
+        tasks or 1, support, queries, steps, batch, transductive, SIDE * SIDE, PARALLEL_TASKS
+    )
+    cost = estimate(ModelCost.of(build_model("omniglot_cnn", 5, (SIDE, SIDE, 1))), shape)
+    flags = ["--model_name=m", f"--model_base_path={os.path.abspath(base)}", "--max_tasks=64"]
+    with ServerProcess(flags, rest=False) as server:
+        before = peak_rss_mib(server.process.pid)
+        with grpc.insecure_channel(
+            server.grpc_target,
+            options=[("grpc.max_send_message_length", 256 << 20)],
+        ) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            try:
+                stub.Predict(request, timeout=600)
+                status = "OK"
+            except grpc.RpcError as error:
+                status = f"{error.code().name}: {error.details()[:160]}"
+        after = peak_rss_mib(server.process.pid)
+    return {
+        "case": name,
+        "status": status,
+        "estimated_gflop": round(cost.gflop, 1),
+        "estimated_mib": round(cost.memory_bytes / 2**20, 1),
+        "server_peak_growth_mib": round(after - before, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export_dir", default="", help="a model folder of integer versions")
@@ -75,7 +145,24 @@ def main() -> None:
     parser.add_argument("--max_support", type=int, default=500)
     parser.add_argument("--max_queries", type=int, default=500)
     parser.add_argument("--max_tasks", type=int, default=64)
+    parser.add_argument(
+        "--grpc", action="store_true", help="the estimate against the server, per request"
+    )
+    parser.add_argument("--cases", help="with --grpc: comma-separated case names (default: all)")
     args = parser.parse_args()
+    if args.grpc:
+        wanted = set(args.cases.split(",")) if args.cases else None
+        with tempfile.TemporaryDirectory() as scratch:
+            from serving_load import export_untrained
+
+            base = args.export_dir or export_untrained(scratch)
+            results = [
+                grpc_case(base, case) for case in GRPC_CASES if wanted is None or case[0] in wanted
+            ]
+        for r in results:
+            print(r, flush=True)
+        print(json.dumps({"grpc_cases": results}))
+        return
     body, shape = worst_body(
         args.max_message_bytes, args.max_support, args.max_queries, args.max_tasks
     )

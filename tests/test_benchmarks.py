@@ -126,3 +126,19 @@ def test_evaluation_prints_the_time_per_task():
     assert out["minutes_for_10000_tasks"] == pytest.approx(
         out["ms_per_task"] * 10_000 / 60e3, rel=0.02
     )
+
+
+@pytest.mark.slow
+def test_serving_memory_prints_the_peak_and_the_estimates():
+    out = last_json(
+        "benchmarks/serving_memory.py",
+        "--max_message_bytes=1500000",
+        "--max_support=100",
+        "--max_queries=100",
+    )
+    assert out["status"] == 200 and out["body_bytes"] <= 1_500_000 and out["tasks"] >= 1, out
+    assert out["server_peak_rss_mib_after"] >= out["server_peak_rss_mib_before"] > 0
+    out = last_json("benchmarks/serving_memory.py", "--grpc", "--cases=inner_batch_500")
+    (case,) = out["grpc_cases"]
+    assert case["status"] == "OK" and case["estimated_mib"] > 0, case
+    assert case["server_peak_growth_mib"] >= 0
