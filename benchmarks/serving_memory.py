@@ -123,15 +123,18 @@ def grpc_case(base: str, case: tuple) -> dict:
             options=[("grpc.max_send_message_length", 256 << 20)],
         ) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            start = time.monotonic()
             try:
                 stub.Predict(request, timeout=600)
                 status = "OK"
             except grpc.RpcError as error:
                 status = f"{error.code().name}: {error.details()[:160]}"
+            seconds = time.monotonic() - start
         after = peak_rss_mib(server.process.pid)
     return {
         "case": name,
         "status": status,
+        "seconds": round(seconds, 2),
         "estimated_gflop": round(cost.gflop, 1),
         "estimated_mib": round(cost.memory_bytes / 2**20, 1),
         "server_peak_growth_mib": round(after - before, 1),
