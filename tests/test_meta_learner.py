@@ -132,6 +132,17 @@ def test_keras_tensorboard_callback_writes_epoch_logs(tmp_path):
     assert "epoch_loss" in tags
 
 
+def test_model_checkpoint_saves_the_current_initialization(tmp_path):
+    reptile = learner(tmp_path / "run")
+    path = tmp_path / "init_{epoch}.weights.h5"
+    save = keras.callbacks.ModelCheckpoint(str(path), save_weights_only=True)
+    reptile.fit(tasks(), 4, callbacks=[save], verbose=0)
+    saved = user_model(seed=9)  # another initialization, overwritten by the file
+    saved.load_weights(str(tmp_path / "init_2.weights.h5"))
+    for a, b in zip(saved.trainable_weights, reptile.trainer().state.numpy_weights()):
+        np.testing.assert_array_equal(a.numpy(), b)
+
+
 def test_backup_and_restore_is_refused_with_what_to_do(tmp_path):
     reptile = learner(tmp_path / "run")
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
