@@ -142,3 +142,17 @@ def test_serving_memory_prints_the_peak_and_the_estimates():
     (case,) = out["grpc_cases"]
     assert case["status"] == "OK" and case["estimated_mib"] > 0, case
     assert case["server_peak_growth_mib"] >= 0
+
+
+@pytest.mark.slow
+@needs_omniglot
+def test_fit_driver_runs_both_drivers_to_the_same_weights():
+    out = last_json(
+        "benchmarks/fit_driver.py",
+        f"--data_dir={OMNIGLOT_DIR}",
+        "--iterations=4",
+        "--rounds=1",
+        "--summary_interval=2",
+    )
+    assert out["same_weights"] is True, out
+    assert out["reptile_fit_ms"][0] > 0 and out["keras_model_fit_ms"][0] > 0
