@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 from keras_reptile import protocol_rules
+from keras_reptile.task_kind import TaskKind, task_kind_of
 
 # `arrays`: images handed to `run(..., tasks=...)` in Python (`keras_reptile.data.arrays`).
 DATASETS = ("omniglot", "miniimagenet", "sine", "folder", "arrays")
@@ -138,8 +139,9 @@ class Recipe(_Value):
         object.__setattr__(self, "test_classes", tuple(self.test_classes))
 
     @property
-    def is_regression(self) -> bool:
-        return self.dataset == "sine"
+    def task_kind(self) -> TaskKind:
+        """Classification or regression, from the dataset."""
+        return task_kind_of(self.dataset)
 
     @property
     def is_own_data(self) -> bool:
@@ -210,8 +212,7 @@ class Recipe(_Value):
                 "(foml_tail < train_shots). "
                 f"Received: foml_tail={self.foml_tail}, train_shots={self.train_shots}"
             )
-        if self.is_regression and self.classes != 1:
-            raise ValueError(f"Regression tasks have one output. Received: classes={self.classes}")
+        self.task_kind.check_ways(self.classes)
         return self
 
     def _validate_own_data(self) -> None:
@@ -320,7 +321,7 @@ class Protocol(_Value):
                     f"`{rule.field}` (the signatures' `{rule.key}`) must be {rule.expected}. "
                     f"Received: {rule.field}={value!r}"
                 )
-        if recipe is not None and recipe.is_regression and self.transductive:
+        if recipe is not None and not recipe.task_kind.transductive_option and self.transductive:
             raise ValueError(
                 "`transductive` applies to classification only. Received: transductive=True"
             )

@@ -21,6 +21,7 @@ from keras_reptile.data.preprocessing import load_image
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
 from keras_reptile.export.saved_model import version_dir
+from keras_reptile.task_kind import TaskKind
 
 ZOO_ENV = "KERAS_REPTILE_ZOO"
 # The zoo of a source checkout: `saved_models/` beside the package.
@@ -109,8 +110,8 @@ class FewShotModel:
         return tuple(self.card.input_shape)
 
     @property
-    def regression(self) -> bool:
-        return self.card.regression
+    def task_kind(self) -> TaskKind:
+        return self.card.task_kind
 
     def _protocol_inputs(self, inner_steps, inner_batch_size, learning_rate, transductive):
         """The signatures' optional inputs, defaulted from the card's protocol and checked by
@@ -127,35 +128,20 @@ class FewShotModel:
             sig.INNER_BATCH_SIZE: tf.constant(protocol.eval_batch, tf.int32),
             sig.LEARNING_RATE: tf.constant(protocol.learning_rate, tf.float32),
         }
-        if not self.regression:
+        if self.task_kind.transductive_option:
             inputs[sig.TRANSDUCTIVE] = tf.constant(protocol.transductive)
         return inputs
 
     def _support(self, support_x, support_y) -> dict[str, tf.Tensor]:
         x = _examples(support_x, self.input_shape, "support_x")
-        if self.regression:
-            y = np.asarray(support_y, np.float32).reshape(-1, 1)
-            keys = (sig.SUPPORT_INPUTS, sig.SUPPORT_TARGETS)
-        else:
-            y = np.asarray(support_y)
-            if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-                raise ValueError(
-                    "support_y must be integer class ids, one per support example. "
-                    f"Received: support_y.dtype={y.dtype}, shape={y.shape}"
-                )
-            if y.size and (y.min() < 0 or y.max() >= self.card.ways):
-                raise ValueError(
-                    f"Class ids must be in [0, {self.card.ways}). "
-                    f"Received: support_y in [{y.min()}, {y.max()}]"
-                )
-            y = y.astype(np.int32)
-            keys = (sig.SUPPORT_IMAGES, sig.SUPPORT_LABELS)
+        y = self.task_kind.targets(support_y, self.card.ways)
         if len(x) != len(y) or not len(x):
             raise ValueError(
                 "support_x and support_y must hold the same number (at least one) of examples. "
                 f"Received: {len(x)} and {len(y)}"
             )
-        return {keys[0]: tf.constant(x), keys[1]: tf.constant(y)}
+        keys = self.task_kind.keys
+        return {keys.support: tf.constant(x), keys.targets: tf.constant(y)}
 
     def _query(self, query_x) -> tf.Tensor:
         return tf.constant(_examples(query_x, self.input_shape, "query_x"))
@@ -174,10 +160,9 @@ class FewShotModel:
         """Adapts to the support set and answers the queries: `logits`, `probabilities`,
         `classes` (classification) or `predictions` (regression). Unset settings are the card's
         default protocol."""
-        query = sig.QUERY_INPUTS if self.regression else sig.QUERY_IMAGES
         inputs = {
             **self._support(support_x, support_y),
-            query: self._query(query_x),
+            self.task_kind.keys.query: self._query(query_x),
             **self._protocol_inputs(inner_steps, inner_batch_size, learning_rate, transductive),
         }
         return _numpy(self._signatures[sig.ADAPT_AND_PREDICT](**inputs))
@@ -205,7 +190,7 @@ class FewShotModel:
 
     def predict(self, x) -> dict[str, np.ndarray]:
         """The initialization's own outputs, unadapted (`serving_default`)."""
-        key = sig.INPUTS if self.regression else sig.IMAGES
+        key = self.task_kind.example_key
         return _numpy(self._signatures[sig.SERVING_DEFAULT](**{key: self._query(x)}))
 
 
@@ -218,15 +203,16 @@ class AdaptedModel:
     def predict(self, query_x) -> dict[str, np.ndarray]:
         """The adapted model's answers for the queries, as `adapt_and_predict` gives them."""
         base = self.base
-        query_key = sig.QUERY_INPUTS if base.regression else sig.QUERY_IMAGES
+        keys = base.task_kind.keys
+        query_key = keys.query
         query = base._query(query_x)
         if self.weights is None:  # an export without the adapt signatures: adapt again
             inputs = {**self._support, query_key: query, **self._settings}
             return _numpy(base._signatures[sig.ADAPT_AND_PREDICT](**inputs))
         inputs = {query_key: query, sig.ADAPTED_WEIGHTS: self.weights}
-        if not base.regression:
+        if base.task_kind.transductive_option:
             # The non-transductive answer normalises each query with the support set's batch.
-            inputs[sig.SUPPORT_IMAGES] = self._support[sig.SUPPORT_IMAGES]
+            inputs[keys.support] = self._support[keys.support]
             inputs[sig.TRANSDUCTIVE] = self._settings[sig.TRANSDUCTIVE]
         return _numpy(base._signatures[sig.PREDICT_ADAPTED](**inputs))
 

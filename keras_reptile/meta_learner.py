@@ -96,7 +96,7 @@ class MetaLearner:
             protocol or preset_protocol or Protocol(learning_rate=self.recipe.learning_rate)
         ).validate(self.recipe)
         self.name, self.model_dir = name, model_dir
-        self.model = StackedModel(model, self.recipe.is_regression)
+        self.model = StackedModel(model, self.recipe.task_kind)
         self.folder = RunFolder(model_dir)
         self._check_model_config(model)
         self.strategy = make_strategy(self.recipe.strategy)
@@ -205,8 +205,8 @@ class MetaLearner:
         """Scores the current initialization on `num_tasks` tasks of `tasks` (default: the
         protocol's `eval_samples`), the same tasks for the same seed every time.
 
-        Returns `{"non_transductive": EvalResult, "transductive": EvalResult}` for
-        classification, `{"mse": EvalResult}` for regression.
+        Returns an `EvalResult` per answer of the task kind: `{"non_transductive": ...,
+        "transductive": ...}` for classification, `{"mse": ...}` for regression.
         """
         protocol = (protocol or self.protocol).validate(self.recipe)
         evaluator = (

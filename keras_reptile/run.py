@@ -56,7 +56,7 @@ def build_stacked_model(
         model = build_model(recipe.model, recipe.classes, tuple(input_shape))
     else:
         model = keras.models.model_from_json(json.dumps(keras_config))
-    return StackedModel(model, recipe.is_regression)
+    return StackedModel(model, recipe.task_kind)
 
 
 def run(
@@ -127,9 +127,9 @@ def run(
         if is_chief(strategy):
             RunFolder(model_dir).write_keras_config(keras_config)
     model = build_stacked_model(recipe, input_shape, keras_config)
-    splits = (
-        {"test": test_tasks} if recipe.is_regression else {"train": train_tasks, "test": test_tasks}
-    )
+    splits = {"train": train_tasks, "test": test_tasks}
+    if not recipe.task_kind.class_splits:
+        splits = {"test": test_tasks}
     periodic_splits = {
         k: v for k, v in splits.items() if k != "train" or protocol.eval_train_classes
     }
@@ -192,7 +192,7 @@ def evaluate(
 ) -> list[Measurement]:
     """Measures `protocol` on `eval_samples` tasks per split and records it in the run folder.
 
-    Sine also scores the same test tasks adapted from the untrained initialization.
+    Regression also scores the same test tasks adapted from the untrained initialization.
     """
     evaluator = _evaluator(recipe, protocol, trainer.model)
     weights, state = trainer.state.read_weights(), trainer.state.optimizer_state()
@@ -203,7 +203,7 @@ def evaluate(
         if split != "train" or protocol.eval_train_classes
     ]
     initial = trainer.model.initial_weights()
-    if recipe.is_regression:
+    if recipe.task_kind.random_init_baseline:
         runs.append(
             (
                 "test_from_random_init",
@@ -227,7 +227,7 @@ def evaluate(
             step, {f"{split}/{a}/{protocol.shots}_shot": r.mean for a, r in scores.items()}
         )
         measured += measurements(split, protocol, scores, step)
-    if recipe.is_regression:
+    if recipe.dataset == "sine":
         _plot_sine(recipe, protocol, trainer, splits["test"], model_dir)
     folder.record(measured)
     return measured

@@ -39,6 +39,7 @@ from tensorflow_serving.apis import (
 from keras_reptile.data.preprocessing import load_image
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
+from keras_reptile.task_kind import by_inputs
 from serving.service import MODEL_CARD, SIGNATURE_DEF
 
 DEFAULT_TIMEOUT = 30.0
@@ -246,14 +247,10 @@ class Client:
         `targets` are class indices for classifiers, values `[S, 1]` for regression models;
         options left as None take the model's defaults.
         """
-        keys = self.signature_inputs(model, sig.ADAPT_AND_PREDICT, version)
-        if sig.SUPPORT_IMAGES in keys:
-            inputs = {sig.SUPPORT_IMAGES: support, sig.SUPPORT_LABELS: targets}
-            inputs[sig.QUERY_IMAGES] = queries
-        else:
-            targets = np.asarray(targets).reshape(-1, 1)
-            inputs = {sig.SUPPORT_INPUTS: support, sig.SUPPORT_TARGETS: targets}
-            inputs[sig.QUERY_INPUTS] = queries
+        kind = by_inputs(self.signature_inputs(model, sig.ADAPT_AND_PREDICT, version))
+        keys = kind.keys
+        targets = np.asarray(targets).reshape(-1, *kind.target_shape)
+        inputs = {keys.support: support, keys.targets: targets, keys.query: queries}
         inputs.update(adapt_options(inner_steps, inner_batch_size, learning_rate, transductive))
         return self.predict(model, inputs, sig.ADAPT_AND_PREDICT, version=version, label=label)
 
@@ -496,7 +493,7 @@ def card_summary(card: ModelCard) -> str:
     answer = _answer(card, p)
     lines = [
         f"name: {card.name}",
-        f"ways: {card.ways} ({'regression' if card.regression else 'classification'})",
+        f"ways: {card.ways} ({card.task_kind.name})",
         f"meta-iterations: {card.meta_iterations}",
         "results:" if card.results else "results: none measured",
         *(f"  {m}" for m in card.results),
@@ -515,7 +512,7 @@ def card_summary(card: ModelCard) -> str:
 
 
 def _answer(card: ModelCard, protocol) -> str:
-    if card.regression:
+    if not card.task_kind.transductive_option:
         return ""
     return ", transductive" if protocol.transductive else ", non-transductive"
 

@@ -23,6 +23,7 @@ from keras_reptile.export.model_card import ModelCard
 from keras_reptile.export.saved_model import warmup_arrays
 from keras_reptile.models import build_model
 from keras_reptile.models.cost import ModelCost
+from keras_reptile.task_kind import by_inputs
 from serving import validation
 from serving.cancellation import remaining_ms
 from serving.errors import ServingError, from_tf_error, invalid
@@ -58,15 +59,13 @@ def _check_contract(name: str, sdef, spec: sig.SignatureSpec, path: str) -> None
 def _model_info(signature_defs, card: ModelCard | None) -> validation.ModelInfo:
     """Ways and input shape from the model card, or from the signatures of a card-less model."""
     if card is not None:
-        return validation.ModelInfo(card.ways, tuple(card.input_shape), card.regression)
+        return validation.ModelInfo(card.ways, tuple(card.input_shape), card.task_kind)
     default = signature_defs.get(sig.SERVING_DEFAULT)
-    regression = default is not None and sig.INPUTS in default.inputs
+    kind = by_inputs(default.inputs) if default is not None else None
     shape = ways = None
-    if default is not None:
-        key = sig.INPUTS if regression else sig.IMAGES
-        if key in default.inputs:
-            shape = [d.size for d in default.inputs[key].tensor_shape.dim][1:]
-        ways = 1 if regression else None
+    if kind is not None:
+        shape = [d.size for d in default.inputs[kind.example_key].tensor_shape.dim][1:]
+        ways = kind.ways
         if sig.LOGITS in default.outputs:
             ways = default.outputs[sig.LOGITS].tensor_shape.dim[-1].size
     if shape is None or ways is None or int(ways) < 1 or any(d < 1 for d in shape):
@@ -74,7 +73,7 @@ def _model_info(signature_defs, card: ModelCard | None) -> validation.ModelInfo:
             f"Cannot tell the model's ways and input shape: it has no {sig.CARD_FILE} and its "
             f"signatures do not say (ways={ways}, input_shape={shape})."
         )
-    return validation.ModelInfo(int(ways), tuple(int(d) for d in shape), regression)
+    return validation.ModelInfo(int(ways), tuple(int(d) for d in shape), kind)
 
 
 def _num_weights(signature_defs) -> int | None:
@@ -107,7 +106,7 @@ class Servable:
         self.card = card
         self.info = _model_info(signature_defs, card)
         contract = sig.signature_specs(
-            self.info.input_shape, self.info.regression, _num_weights(signature_defs)
+            self.info.input_shape, self.info.task_kind, _num_weights(signature_defs)
         )
         self.specs, self.defaults = {}, {}
         for name_, sdef in signature_defs.items():

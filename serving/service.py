@@ -167,7 +167,7 @@ class Service:
         version), then `predict_adapted`: the same answers as `adapt_and_predict`, which the
         split signatures equal bit for bit. Returns the outputs and whether the adaptation was
         reused."""
-        keys = sig.task_keys(servable.info.regression)
+        keys = servable.info.task_kind.keys
         support = {k: arrays[k] for k in (keys.support, keys.targets)}
         settings = {
             k: arrays[k]
@@ -202,10 +202,10 @@ class Service:
         if signature_name == sig.ADAPT:
             return {sig.ADAPTED_WEIGHTS: weights}, hit
         inputs = {sig.ADAPTED_WEIGHTS: weights, keys.query: arrays[keys.query]}
-        if not servable.info.regression:
-            inputs[sig.SUPPORT_IMAGES] = arrays[sig.SUPPORT_IMAGES]
-            if sig.TRANSDUCTIVE in arrays:
-                inputs[sig.TRANSDUCTIVE] = arrays[sig.TRANSDUCTIVE]
+        predict_inputs = {i.key for i in servable.spec(sig.PREDICT_ADAPTED).inputs}
+        for key in (keys.support, sig.TRANSDUCTIVE):  # the non-transductive answer's
+            if key in predict_inputs and key in arrays:
+                inputs[key] = arrays[key]
         return run(sig.PREDICT_ADAPTED, inputs), hit
 
     def _record_runtime(
@@ -275,12 +275,12 @@ class Service:
         signature_name = signature_name or sig.SERVING_DEFAULT
         with self.manager.servable(target.name, target.version, target.label) as servable:
             spec = servable.spec(signature_name)
-            if servable.info.regression or signature_name != sig.SERVING_DEFAULT:
+            kind = servable.info.task_kind
+            if sig.PROBABILITIES not in kind.outputs or signature_name != sig.SERVING_DEFAULT:
                 raise invalid(
                     f'Classify fits only the "{sig.SERVING_DEFAULT}" signature of classification '
-                    f'models; received signature "{signature_name}" of '
-                    f"{'regression ' if servable.info.regression else ''}model {servable.name}. "
-                    f"Use Predict for it."
+                    f'models; received signature "{signature_name}" of {kind.name} model '
+                    f"{servable.name}. Use Predict for it."
                 )
             images = self._example_images(examples, servable.info.input_shape)
             arrays = validation.check_arrays(spec, {sig.IMAGES: images}, self.limits)

@@ -22,6 +22,7 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from keras_reptile import protocol_rules
 from keras_reptile.export import signatures as sig
+from keras_reptile.task_kind import TaskKind
 from serving.errors import ServingError, invalid
 
 SUPPORT_KEYS = (sig.SUPPORT_IMAGES, sig.SUPPORT_INPUTS)
@@ -42,11 +43,11 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
-    """What a version's model card says about its inputs (ways is 1 for regression)."""
+    """What a version's model card says about its inputs."""
 
     ways: int
     input_shape: tuple[int, ...]
-    regression: bool
+    task_kind: TaskKind
 
 
 def _keys(keys: Iterable[str]) -> str:
@@ -241,15 +242,15 @@ def check_values(
             f'Input "{support}" has {counts[0]} examples{per_task} but "{target}" has '
             f"{counts[1]}; expected one label or target per support example."
         )
-    if sig.SUPPORT_LABELS in arrays and not info.regression:
-        labels = arrays[sig.SUPPORT_LABELS]
-        outside = (labels < 0) | (labels >= info.ways)
+    if target in arrays:
+        labels = arrays[target]
+        outside = info.task_kind.outside(labels, info.ways)
         if outside.any():
             first = np.argwhere(outside)[:5]  # [index] or [task, example] rows
             where = "(task, example) indices" if tasks else "indices"
             indices = [tuple(i) for i in first.tolist()] if tasks else first[:, 0].tolist()
             raise invalid(
-                f'Input "{sig.SUPPORT_LABELS}" has {int(outside.sum())} values outside '
+                f'Input "{target}" has {int(outside.sum())} values outside '
                 f"[0, {info.ways}) (the model has {info.ways} ways): received "
                 f"{labels[tuple(first.T)].tolist()} at {where} {indices}; expected class indices "
                 f"0..{info.ways - 1}."

@@ -12,6 +12,7 @@ from keras_reptile.algorithms import StackedModel
 from keras_reptile.config import Protocol, Recipe
 from keras_reptile.data.tasks import ClassificationTasks
 from keras_reptile.export.model_card import ModelCard
+from keras_reptile.task_kind import CLASSIFICATION
 from keras_reptile.training.strategy import make_strategy
 from keras_reptile.training.trainer import MetaTrainer
 from tests.fakes import fake_class_images
@@ -76,7 +77,7 @@ def test_fit_returns_a_history_per_epoch_and_trains_as_the_trainer_does(tmp_path
     # The same recipe and initialization through the driver directly: the same weights.
     recipe = RECIPE.replace(model="my_net")
     trainer = MetaTrainer(
-        recipe, StackedModel(user_model(), False), make_strategy("default"),
+        recipe, StackedModel(user_model(), CLASSIFICATION), make_strategy("default"),
         str(tmp_path / "driver"), train_tasks=tasks(),
     )  # fmt: skip
     trainer.train()

@@ -16,6 +16,7 @@ from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
 from keras_reptile.export.saved_model import version_dir
 from keras_reptile.run import build_stacked_model
+from keras_reptile.task_kind import REGRESSION
 from tests.conftest import OMNIGLOT_DIR, REPO_ROOT
 from tests.export.helpers import PYTHON_OPS, saved_model_ops
 from tests.served_vs_evaluator import KEY
@@ -23,7 +24,7 @@ from tests.served_vs_evaluator import KEY
 ZOO = REPO_ROOT / "saved_models"
 VERSIONS = sorted(p for p in ZOO.glob("*/*") if p.name.isdigit())
 IDS = [f"{p.parent.name}/{p.name}" for p in VERSIONS]
-CLASSIFIERS = [p for p in VERSIONS if not ModelCard.read(str(p)).regression]
+CLASSIFIERS = [p for p in VERSIONS if ModelCard.read(str(p)).task_kind != REGRESSION]
 TASKS = 20  # new tasks each model adapts to here, through a TF1 Session
 
 
@@ -71,7 +72,7 @@ def test_readme_zoo_table_prints_the_newest_cards_results():
     assert {row[0].strip("`") for row in rows} >= {"sine", "omniglot_5w"}
     for name, task, answer, ours, *_ in rows:
         card = ModelCard.read(version_dir(str(ZOO / name.strip("`"))))  # the newest version
-        if card.regression:
+        if card.task_kind == REGRESSION:
             m = card.find(split="test" if answer == "meta-learned" else "test_from_random_init")
             scale = 1
         else:
@@ -100,7 +101,7 @@ def test_tf1_session_adapts_to_new_tasks_as_measured(path):
     card = ModelCard.read(str(path))
     assert not saved_model_ops(path) & PYTHON_OPS
     tasks = _test_tasks(card)
-    spec = sig.signature_specs(card.input_shape, card.regression)[sig.ADAPT_AND_PREDICT]
+    spec = sig.signature_specs(card.input_shape, card.task_kind)[sig.ADAPT_AND_PREDICT]
     results = [m for m in card.results if m.split == "test" and not m.protocol.transductive]
     samples = [_sample(tasks, card, m.protocol, TASKS) for m in results]
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
@@ -113,11 +114,11 @@ def test_tf1_session_adapts_to_new_tasks_as_measured(path):
                 # Only the required inputs: the SignatureDef's defaults are the card's protocol.
                 feeds = {sdef.inputs[i.key].name: v for i, v in zip(spec.inputs[:3], task[:3])}
                 out = sess.run(output, feeds)
-                if card.regression:
+                if card.task_kind == REGRESSION:
                     scores.append(np.mean((out - task[3]) ** 2))
                 else:
                     scores.append(np.mean(np.argmax(out, -1) == task[3]))
-            if card.regression:
+            if card.task_kind == REGRESSION:
                 assert np.mean(scores) < 3 * measured.mean + 0.1, scores
             else:
                 # 20 tasks x `ways` queries: far more than 15 points below the mean is a bug.
@@ -135,11 +136,13 @@ def test_tf1_session_split_signatures_answer_as_adapt_and_predict(path):
     """`adapt` then `predict_adapted` (and their multi-task forms), fed by tensor names with the
     defaults left out, give `adapt_and_predict`'s outputs bit for bit on new tasks."""
     card = ModelCard.read(str(path))
-    keys = sig.task_keys(card.regression)
+    keys = card.task_kind.keys
     sample = _sample(_test_tasks(card), card, card.default_protocol, 2)
     tasks = [{keys.support: t[0], keys.targets: t[1], keys.query: t[2]} for t in sample]
     stacked = {k: np.stack([t[k] for t in tasks]) for k in tasks[0]}
-    answers = [{}] if card.regression else [{sig.TRANSDUCTIVE: a} for a in (False, True)]
+    answers = (
+        [{}] if card.task_kind == REGRESSION else [{sig.TRANSDUCTIVE: a} for a in (False, True)]
+    )
     size = build_stacked_model(card.recipe, card.input_shape).num_weights
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path))
@@ -153,7 +156,7 @@ def test_tf1_session_split_signatures_answer_as_adapt_and_predict(path):
                 assert weights.shape[-1] == size
                 for answer in answers:
                     query = {sig.ADAPTED_WEIGHTS: weights, keys.query: task[keys.query]}
-                    if not card.regression:
+                    if card.task_kind != REGRESSION:
                         query[keys.support] = task[keys.support]
                     split = _session_run(sess, meta, predict, {**query, **answer})
                     want = _session_run(sess, meta, together, {**task, **answer})
@@ -203,7 +206,7 @@ def test_every_signature_runs_with_either_cpu_kernels(path, onednn):
 
 def _sample(tasks, card, protocol, count):
     """New test tasks as numpy arrays: support x, support y, query x, query y."""
-    queries = protocol.eval_queries if card.regression else 1
+    queries = card.task_kind.queries_per_class(protocol.eval_queries)
     seeds = task_seeds(KEY, tf.range(count))
     return [
         [np.asarray(t) for t in tasks.sample(s, card.ways, protocol.shots, queries)]

@@ -1,7 +1,7 @@
 """The stacked network, the inner loop, the inner optimizers and the Reptile / FOMAML updates."""
 
+from keras_reptile.algorithms.adaptation import Settings, adapt, adapt_and_predict, predict
 from keras_reptile.algorithms.inner_loop import (
-    adapt_from,
     adapt_tasks,
     group_sizes,
     inner_loop,
@@ -31,9 +31,11 @@ from keras_reptile.algorithms.stacked import (
 __all__ = [
     "AdamState",
     "InnerOptimizer",
+    "Settings",
     "StackedModel",
     "TaskBatches",
-    "adapt_from",
+    "adapt",
+    "adapt_and_predict",
     "adapt_tasks",
     "batch_norm",
     "check_supported",
@@ -43,6 +45,7 @@ __all__ = [
     "meta_step_size",
     "meta_update",
     "minibatch_indices",
+    "predict",
     "predict_tasks",
     "sgd_step",
     "stack",

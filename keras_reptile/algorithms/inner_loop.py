@@ -1,8 +1,7 @@
 """The inner loop on stacked tasks: k optimizer steps on each task's mini-batches, pure functions.
 
-Meta-training adapts through `adapt_tasks`; the evaluator and every serving signature adapt
-through `adapt_from` (one initialization, a copy per task) and answer through `predict_tasks`; a
-single task is a stack of one.
+Meta-training adapts through `adapt_tasks`; test-time adaptation (`adaptation.py`) through it too,
+answering through `predict_tasks`; a single task is a stack of one.
 """
 
 from __future__ import annotations
@@ -157,40 +156,6 @@ def adapt_tasks(
         model, optimizer, weights, state, indices, None, lr, examples=(support_x, support_y)
     )
     return result.weights
-
-
-def adapt_from(
-    model: StackedModel,
-    optimizer: InnerOptimizer,
-    weights: list[tf.Tensor],
-    state,
-    support_x: tf.Tensor,
-    support_y: tf.Tensor,
-    lr,
-    num_steps,
-    batch_size,
-    seeds: tf.Tensor,
-) -> list[tf.Tensor]:
-    """`adapt_tasks` of `T` tasks `[T, S, ...]` that all start from one initialization.
-
-    Each task gets its own copy of `weights` (no task axis) and of the carried optimizer `state`
-    (`()` for SGD), as the official code restores them before every test task. The evaluator and
-    the serving signatures both adapt here, so a served task is adapted as an evaluated one.
-    """
-    support_x = tf.convert_to_tensor(support_x)
-    num_tasks = support_x.shape[0] or tf.shape(support_x)[0]
-    return adapt_tasks(
-        model,
-        optimizer,
-        stack(list(weights), num_tasks),
-        stack_state(state, num_tasks),
-        support_x,
-        support_y,
-        lr,
-        num_steps,
-        batch_size,
-        seeds,
-    )
 
 
 # The non-transductive query pass runs its (task, query) networks in chunks of at most this many

@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from keras_reptile.models.cost import ModelCost
+from keras_reptile.task_kind import TaskKind
 
 # Element-wise activations, computed by Keras's own functions (so exactly as the Keras model).
 _ELEMENTWISE = (
@@ -178,19 +179,19 @@ class StackedModel:
 
     Args:
         model: keras.Model. The architecture and its initial weights (see `check_supported`).
-        regression: bool. Mean squared error if True, else softmax cross-entropy summed over the
-            batch (the official code's `minimize` of a per-example loss vector).
+        task_kind: TaskKind. Classification or regression: its loss is the inner loop's.
 
     Example:
     >>> from keras_reptile.models import build_model
-    >>> model = StackedModel(build_model("sine_mlp", 1, (1,)), regression=True)
+    >>> from keras_reptile.task_kind import REGRESSION
+    >>> model = StackedModel(build_model("sine_mlp", 1, (1,)), REGRESSION)
     >>> model(stack(model.initial_weights(), 2), tf.zeros([2, 3, 1])).shape
     TensorShape([2, 3, 1])
     """
 
-    def __init__(self, model: keras.Model, regression: bool):
+    def __init__(self, model: keras.Model, task_kind: TaskKind):
         check_supported(model)
-        self.model, self.regression = model, regression
+        self.model, self.task_kind = model, task_kind
         self._initial = [
             tf.constant(keras.ops.convert_to_numpy(v)) for v in model.trainable_variables
         ]
@@ -270,16 +271,9 @@ class StackedModel:
         ys = tf.unstack(y, num_tasks)
         return tf.add_n(
             [
-                self._task_loss(self.network(w, x_t), ys[t])
+                self.task_kind.loss(self.network(w, x_t), ys[t])
                 for t, (w, x_t) in enumerate(self._tasks(weights, x))
             ]
-        )
-
-    def _task_loss(self, outputs: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        if self.regression:
-            return tf.reduce_mean(tf.square(outputs - y))
-        return tf.reduce_sum(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=outputs)
         )
 
     def _tasks(self, weights: list[tf.Tensor], x: tf.Tensor):

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from keras_reptile.data.base import ClassImages
+from keras_reptile.task_kind import CLASSIFICATION, REGRESSION
 
 
 class Task(NamedTuple):
@@ -40,7 +41,7 @@ class ClassificationTasks:
     (TensorShape([10, 28, 28, 1]), [0, 1, 2, 3, 4])
     """
 
-    regression = False
+    task_kind = CLASSIFICATION
 
     def __init__(self, split: ClassImages):
         self.split = split
@@ -99,7 +100,7 @@ class SineTasks:
         x_range: (low, high). Uniform range of the inputs.
     """
 
-    regression = True
+    task_kind = REGRESSION
     input_shape = (1,)
 
     def __init__(self, amplitude=(0.1, 5.0), phase=(0.0, math.pi), x_range=(-5.0, 5.0)):

@@ -13,6 +13,7 @@ from typing import Any
 
 from keras_reptile.config import Protocol, Recipe
 from keras_reptile.export.signatures import CARD_FILE
+from keras_reptile.task_kind import REGRESSION, TaskKind, by_metric
 
 SPLITS = ("test", "train", "test_from_random_init")
 FORMAT = 2  # version of this file's layout
@@ -51,11 +52,12 @@ class Measurement:
         return cls(**data)
 
     def __str__(self) -> str:
-        answer = "transductive" if self.protocol.transductive else "non-transductive"
-        if self.metric == "accuracy":
-            value = f"{100 * self.mean:.2f} +- {100 * self.ci95:.2f} %"
-            return f"{self.split} {self.protocol.shots}-shot {answer}: {value}"
-        return f"{self.split} {self.protocol.shots}-shot: MSE {self.mean:.4f} +- {self.ci95:.4f}"
+        kind = by_metric(self.metric)
+        answer = ""
+        if kind.transductive_option:
+            answer = " transductive" if self.protocol.transductive else " non-transductive"
+        value = kind.format(self.mean, self.ci95)
+        return f"{self.split} {self.protocol.shots}-shot{answer}: {value}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +111,8 @@ class ModelCard:
         return self.recipe.classes
 
     @property
-    def regression(self) -> bool:
-        return self.recipe.is_regression
+    def task_kind(self) -> TaskKind:
+        return self.recipe.task_kind
 
     def find(
         self, *, split: str = "test", shots: int | None = None, transductive: bool = False
@@ -130,7 +132,7 @@ class ModelCard:
             "name": self.name,
             # Derived, written for readers of the file: recomputed, never read back.
             "ways": self.ways,
-            "regression": self.regression,
+            "regression": self.task_kind == REGRESSION,
             "algorithm": self.recipe.algorithm,
             "inner_optimizer": self.recipe.inner_optimizer,
             "input_shape": list(self.input_shape),

@@ -61,21 +61,17 @@ def reexport(path: str, num_tasks: int = CHECK_TASKS) -> str:
 
 def generated_tasks(card: ModelCard, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """`count` tasks of random examples in the card's shapes, keyed as `adapt_and_predict`'s
-    inputs: `ways * shots` support examples (every class `shots` times) and `ways` queries (or
-    the protocol's queries, for regression)."""
+    inputs: `ways * shots` support examples (every class `shots` times, or random targets) and
+    the queries of an evaluation task."""
     rng = np.random.default_rng(seed)
-    protocol, keys = card.default_protocol, sig.task_keys(card.regression)
+    protocol, kind = card.default_protocol, card.task_kind
+    keys, support = kind.keys, card.ways * protocol.shots
+    queries = card.ways * kind.queries_per_class(protocol.eval_queries)
     tasks = []
     for _ in range(count):
-        if card.regression:
-            x = rng.uniform(-5, 5, (protocol.shots, *card.input_shape)).astype(np.float32)
-            y = (rng.uniform(0.1, 5) * np.sin(x + rng.uniform(0, np.pi))).astype(np.float32)
-            queries = (protocol.eval_queries, *card.input_shape)
-            query = rng.uniform(-5, 5, queries).astype(np.float32)
-        else:
-            x = rng.random((card.ways * protocol.shots, *card.input_shape), dtype=np.float32)
-            y = np.repeat(np.arange(card.ways, dtype=np.int32), protocol.shots)
-            query = rng.random((card.ways, *card.input_shape), dtype=np.float32)
+        x = rng.random((support, *card.input_shape), dtype=np.float32)
+        y = kind.generated_targets(rng, card.ways, protocol.shots)
+        query = rng.random((queries, *card.input_shape), dtype=np.float32)
         tasks.append({keys.support: x, keys.targets: y, keys.query: query})
     return tasks
 
@@ -85,15 +81,15 @@ def check_same_answers(old_path: str, new_path: str, card: ModelCard, num_tasks:
     `predict_adapted` of the new one, give bit-identical outputs on `num_tasks` generated tasks
     with the card's default protocol (each answer of a classifier)."""
     old, new = tf.saved_model.load(old_path), tf.saved_model.load(new_path)
-    p, keys = card.default_protocol, sig.task_keys(card.regression)
+    p, keys = card.default_protocol, card.task_kind.keys
     adaptation = {
         sig.INNER_STEPS: tf.constant(p.eval_iters, tf.int32),
         sig.INNER_BATCH_SIZE: tf.constant(p.eval_batch, tf.int32),
         sig.LEARNING_RATE: tf.constant(p.learning_rate, tf.float32),
     }
-    answers = (
-        [{}] if card.regression else [{sig.TRANSDUCTIVE: tf.constant(t)} for t in (False, True)]
-    )
+    answers = [{}]
+    if card.task_kind.transductive_option:
+        answers = [{sig.TRANSDUCTIVE: tf.constant(a.transductive)} for a in card.task_kind.answers]
     for t, task in enumerate(generated_tasks(card, num_tasks)):
         support = {keys.support: task[keys.support], keys.targets: task[keys.targets]}
         adapted = new.signatures[sig.ADAPT](**support, **adaptation)[sig.ADAPTED_WEIGHTS]
@@ -101,7 +97,7 @@ def check_same_answers(old_path: str, new_path: str, card: ModelCard, num_tasks:
             before = old.signatures[sig.ADAPT_AND_PREDICT](**task, **adaptation, **answer)
             after = new.signatures[sig.ADAPT_AND_PREDICT](**task, **adaptation, **answer)
             predict = {sig.ADAPTED_WEIGHTS: adapted, keys.query: task[keys.query], **answer}
-            if not card.regression:
+            if card.task_kind.transductive_option:  # the non-transductive answer reads it
                 predict[keys.support] = task[keys.support]
             split = new.signatures[sig.PREDICT_ADAPTED](**predict)
             for what, outputs in (("adapt_and_predict", after), ("predict_adapted", split)):
@@ -113,8 +109,8 @@ def check_same_answers(old_path: str, new_path: str, card: ModelCard, num_tasks:
                         raise RuntimeError(
                             f"Re-export check failed: the rewritten {what} answers generated task "
                             f"{t} differently from the old adapt_and_predict (output {key!r}, "
-                            f"{answer or 'regression'}, largest difference {difference}). The "
-                            f"version at {old_path} is left as it was."
+                            f"{answer or card.task_kind.name}, largest difference {difference}). "
+                            f"The version at {old_path} is left as it was."
                         )
 
 

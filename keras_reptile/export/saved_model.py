@@ -16,10 +16,12 @@ from keras_reptile import __version__, protocol_rules
 from keras_reptile.algorithms import (
     AdamState,
     InnerOptimizer,
+    Settings,
     StackedModel,
-    adapt_from,
+    adapt,
+    adapt_and_predict,
     flatten_weights,
-    predict_tasks,
+    predict,
     stack,
     unflatten_weights,
 )
@@ -40,9 +42,9 @@ class ServingModule(tf.Module):
     variables break TF1-Session loading), and nothing ever writes them: adaptation runs on
     tensors inside a `tf.while_loop`, so concurrent requests cannot disturb each other. Every
     signature runs the stacked implementation on one task at a time (a stack of one); a
-    multi-task signature runs its single-task form on each task. `adapt` followed by
-    `predict_adapted` is `adapt_and_predict` in two calls: the same adaptation and the same
-    prediction, with the adapted weights flattened in between.
+    multi-task signature runs its single-task form on each task. `adapt_and_predict` runs
+    `keras_reptile.algorithms.adapt_and_predict`, as the evaluator does; `adapt` followed by
+    `predict_adapted` runs its two halves, with the adapted weights flattened in between.
 
     Args:
         model: StackedModel. The architecture.
@@ -50,7 +52,7 @@ class ServingModule(tf.Module):
         optimizer: InnerOptimizer. The inner optimizer used at evaluation.
         adam_step, adam_v: the carried Adam statistics (ignored for SGD).
         protocol: Protocol. What the optional inputs default to.
-        ways: int. Classes per task (1 for regression).
+        ways: int. Classes per task.
     """
 
     def __init__(
@@ -76,8 +78,8 @@ class ServingModule(tf.Module):
         self.__dict__["_model"] = model
         self.__dict__["_optimizer"] = optimizer
         self.ways, self.protocol = ways, protocol
-        self._keys = sig.task_keys(model.regression)
-        self.specs = sig.signature_specs(model.input_shape, model.regression, model.num_weights)
+        self._kind = model.task_kind
+        self.specs = sig.signature_specs(model.input_shape, self._kind, model.num_weights)
         self.__dict__["serving_signatures"] = self._build_signatures()
 
     def _initialization(self):
@@ -89,46 +91,50 @@ class ServingModule(tf.Module):
             self.adam_step.read_value(), tuple(v.read_value() for v in self.adam_v)
         )
 
-    # One task, as a stack of one: `[1, ...]` in and out.
+    # One task, as a stack of one: `[1, ...]` in and out; `inputs` holds the request's scalars.
 
-    def _adapt(self, support_x, support_y, inputs) -> list[tf.Tensor]:
-        """A task's adapted weights, with the request's adaptation settings in `inputs`."""
+    def _adapt_and_predict_task(self, inputs, support_x, support_y, query_x) -> dict:
         weights, state = self._initialization()
-        # Every task draws its mini-batches with the same fixed seed, as it would alone.
-        seeds = tf.constant([sig.SERVING_BATCH_SEED], tf.int64)
-        return adapt_from(
+        (outputs,) = adapt_and_predict(
             self._model,
             self._optimizer,
             weights,
             state,
             support_x,
             support_y,
-            inputs[sig.LEARNING_RATE],
-            inputs[sig.INNER_STEPS],
-            inputs[sig.INNER_BATCH_SIZE],
-            seeds,
+            query_x,
+            _settings(inputs),
+            _seeds(),
+            (self._answer(inputs),),
         )
+        return self._kind.served(outputs)
 
-    def _predict(self, adapted, support_x, query_x, inputs) -> dict:
-        """A task's outputs from its adapted weights; `support_x` is read by the
-        non-transductive answer of a model with BatchNorm."""
-        model = self._model
-        if model.regression or not model.uses_batch_statistics:
-            return self._outputs(predict_tasks(model, adapted, support_x, query_x, True))
-        return self._outputs(tf.cond(
-            inputs[sig.TRANSDUCTIVE],
-            lambda: predict_tasks(model, adapted, support_x, query_x, True),
-            lambda: predict_tasks(model, adapted, support_x, query_x, False),
-        ))  # fmt: skip
+    def _adapt_task(self, inputs, support_x, support_y) -> dict:
+        weights, state = self._initialization()
+        adapted = adapt(
+            self._model,
+            self._optimizer,
+            weights,
+            state,
+            support_x,
+            support_y,
+            _settings(inputs),
+            _seeds(),
+        )
+        return {sig.ADAPTED_WEIGHTS: flatten_weights(adapted)}
 
-    def _outputs(self, outputs: tf.Tensor) -> dict:
-        if self._model.regression:
-            return {sig.PREDICTIONS: outputs}
-        return {
-            sig.LOGITS: outputs,
-            sig.PROBABILITIES: tf.nn.softmax(outputs),
-            sig.CLASSES: tf.argmax(outputs, axis=-1, output_type=sig.OUTPUT_DTYPES[sig.CLASSES]),
-        }
+    def _predict_adapted_task(self, inputs, flat, query_x, support_x=None) -> dict:
+        """`support_x` is read by the non-transductive answer of a model with BatchNorm."""
+        adapted = unflatten_weights(flat, self._model.weight_shapes)
+        outputs = predict(self._model, adapted, support_x, query_x, self._answer(inputs))
+        return self._kind.served(outputs)
+
+    def _answer(self, inputs: dict):
+        """The request's `transductive` input, or the one answer of a kind without it."""
+        if sig.TRANSDUCTIVE in inputs:
+            return inputs[sig.TRANSDUCTIVE]
+        (answer,) = self._kind.answers
+        return answer.transductive
 
     # The signatures' bodies: inputs keyed by the contract, each `[T, ...]` (scalars as sent).
 
@@ -155,44 +161,24 @@ class ServingModule(tf.Module):
 
     def _serving_default(self, inputs: dict) -> dict:
         weights, _ = self._initialization()
-        x = inputs[sig.INPUTS if self._model.regression else sig.IMAGES]
-        return self._outputs(self._model(stack(weights, 1), x))
+        return self._kind.served(self._model(stack(weights, 1), inputs[self._kind.example_key]))
 
-    def _adapt_and_predict(self, inputs: dict) -> dict:
-        k = self._keys
+    def _task_body(self, name: str, per_task, keys: tuple[str, ...]):
+        """The body of signature `name` (single-task or multi-task): the request's checks, then
+        `per_task(inputs, *tensors)` on each task of the inputs `keys` it has."""
+        outputs = self.specs[name].outputs
 
-        def one(support_x, support_y, query_x):
-            adapted = self._adapt(support_x, support_y, inputs)
-            return self._predict(adapted, support_x, query_x, inputs)
+        def body(inputs: dict) -> dict:
+            with tf.control_dependencies(self._checks(inputs)):
+                tensors = tuple(inputs[k] for k in keys if k in inputs)
+                return self._per_task(lambda *t: per_task(inputs, *t), tensors, outputs)
 
-        with tf.control_dependencies(self._checks(inputs)):
-            tensors = (inputs[k.support], inputs[k.targets], inputs[k.query])
-            return self._per_task(one, tensors, self.specs[sig.ADAPT_AND_PREDICT].outputs)
-
-    def _adapt_only(self, inputs: dict) -> dict:
-        def one(support_x, support_y):
-            return {sig.ADAPTED_WEIGHTS: flatten_weights(self._adapt(support_x, support_y, inputs))}
-
-        with tf.control_dependencies(self._checks(inputs)):
-            tensors = (inputs[self._keys.support], inputs[self._keys.targets])
-            return self._per_task(one, tensors, (sig.ADAPTED_WEIGHTS,))
-
-    def _predict_adapted(self, inputs: dict) -> dict:
-        k, shapes = self._keys, self._model.weight_shapes
-
-        def one(flat, query_x, support_x=None):
-            return self._predict(unflatten_weights(flat, shapes), support_x, query_x, inputs)
-
-        with tf.control_dependencies(self._checks(inputs)):
-            tensors = (inputs[sig.ADAPTED_WEIGHTS], inputs[k.query])
-            if k.support in inputs:
-                tensors += (inputs[k.support],)
-            return self._per_task(one, tensors, self.specs[sig.PREDICT_ADAPTED].outputs)
+        return body
 
     def _checks(self, inputs: dict) -> list:
         """In-graph checks of a request (`tf.debugging` assertions, so TensorFlow Serving reports
         them too) on whichever of the contract's inputs it has."""
-        k = self._keys
+        k = self._kind.keys
         support, targets, query, adapted = (
             inputs.get(key) for key in (k.support, k.targets, k.query, sig.ADAPTED_WEIGHTS)
         )
@@ -231,13 +217,8 @@ class ServingModule(tf.Module):
         for rule in protocol_rules.RULES:  # the rules the server and a recipe's protocol apply
             if rule.key in inputs:
                 checks += rule.graph_check(inputs[rule.key])
-        if targets is not None and not self._model.regression:
-            checks += [
-                tf.debugging.assert_non_negative(targets, message="labels must be >= 0"),
-                tf.debugging.assert_less(
-                    targets, self.ways, message=f"labels must be < {self.ways}"
-                ),
-            ]
+        if targets is not None:
+            checks += self._kind.graph_checks(targets, self.ways)
         return checks
 
     def _build_signatures(self) -> dict:
@@ -248,18 +229,34 @@ class ServingModule(tf.Module):
             sig.LEARNING_RATE: tf.constant(p.learning_rate, tf.float32),
             sig.TRANSDUCTIVE: tf.constant(p.transductive),
         }
-        bodies = {
-            sig.SERVING_DEFAULT: self._serving_default,
-            sig.ADAPT_AND_PREDICT: self._adapt_and_predict,
-            sig.ADAPT: self._adapt_only,
-            sig.PREDICT_ADAPTED: self._predict_adapted,
+        k = self._kind.keys
+        families = {  # each single-task signature: its per-task function and task inputs
+            sig.ADAPT_AND_PREDICT: (self._adapt_and_predict_task, (k.support, k.targets, k.query)),
+            sig.ADAPT: (self._adapt_task, (k.support, k.targets)),
+            sig.PREDICT_ADAPTED: (
+                self._predict_adapted_task,
+                (sig.ADAPTED_WEIGHTS, k.query, k.support),
+            ),
         }
+        bodies = {sig.SERVING_DEFAULT: self._serving_default}
         for single, multi in sig.MULTI_TASK.items():
-            bodies[multi] = bodies[single]
+            for name in (single, multi):
+                bodies[name] = self._task_body(name, *families[single])
         return {
             name: _signature_function(spec, defaults, bodies[name])
             for name, spec in self.specs.items()
         }
+
+
+def _seeds() -> tf.Tensor:
+    """Every task draws its mini-batches with the same fixed seed, as it would alone."""
+    return tf.constant([sig.SERVING_BATCH_SEED], tf.int64)
+
+
+def _settings(inputs: dict) -> Settings:
+    return Settings(
+        inputs[sig.INNER_STEPS], inputs[sig.INNER_BATCH_SIZE], inputs[sig.LEARNING_RATE]
+    )
 
 
 def _signature_function(spec: sig.SignatureSpec, defaults: dict, body) -> tf.function:

@@ -6,8 +6,12 @@ The exporter, the server and the client all import this module; nothing else spe
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from keras_reptile.task_kind import TaskKind
 
 SERVING_DEFAULT = "serving_default"
 ADAPT_AND_PREDICT = "adapt_and_predict"
@@ -98,53 +102,38 @@ class TaskKeys:
     query: str
 
 
-CLASSIFICATION_KEYS = TaskKeys(SUPPORT_IMAGES, SUPPORT_LABELS, QUERY_IMAGES)
-REGRESSION_KEYS = TaskKeys(SUPPORT_INPUTS, SUPPORT_TARGETS, QUERY_INPUTS)
-
-
-def task_keys(regression: bool) -> TaskKeys:
-    return REGRESSION_KEYS if regression else CLASSIFICATION_KEYS
-
-
 def signature_specs(
-    input_shape: tuple[int, ...], regression: bool, num_weights: int | None = None
+    input_shape: tuple[int, ...], kind: TaskKind, num_weights: int | None = None
 ) -> dict[str, SignatureSpec]:
     """The signatures of a model whose single example has shape `input_shape`.
 
     Args:
         input_shape: tuple of int. One example's shape.
-        regression: bool. Regression keys and outputs, else classification's.
+        kind: TaskKind. Its keys, targets and outputs (`keras_reptile.task_kind`).
         num_weights: int or None. The length of `adapted_weights` (None: any length).
     """
     example = (None, *input_shape)
-    keys = task_keys(regression)
-    if regression:
-        targets = (tf.float32, (None, 1))
-        default = SignatureSpec(
-            SERVING_DEFAULT, (InputSpec(INPUTS, tf.float32, example),), (PREDICTIONS,)
-        )
-        outputs = (PREDICTIONS,)
-    else:
-        targets = (tf.int32, (None,))
-        default = SignatureSpec(
-            SERVING_DEFAULT,
-            (InputSpec(IMAGES, tf.float32, example),),
-            (LOGITS, PROBABILITIES, CLASSES),
-        )
-        outputs = (LOGITS, PROBABILITIES, CLASSES)
+    keys, outputs = kind.keys, kind.outputs
+    default = SignatureSpec(
+        SERVING_DEFAULT, (InputSpec(kind.example_key, tf.float32, example),), outputs
+    )
     adaptation = (
         InputSpec(INNER_STEPS, tf.int32, (), optional=True),
         InputSpec(INNER_BATCH_SIZE, tf.int32, (), optional=True),
         InputSpec(LEARNING_RATE, tf.float32, (), optional=True),
     )
-    answer = () if regression else (InputSpec(TRANSDUCTIVE, tf.bool, (), optional=True),)
+    answer = (
+        (InputSpec(TRANSDUCTIVE, tf.bool, (), optional=True),) if kind.transductive_option else ()
+    )
 
     def spec(name: str) -> SignatureSpec:
         tasks = name in TASK_SIGNATURES
         lead = (None,) if tasks else ()
         support = (
             InputSpec(keys.support, tf.float32, lead + example, tasks=tasks),
-            InputSpec(keys.targets, targets[0], lead + targets[1], tasks=tasks),
+            InputSpec(
+                keys.targets, kind.target_dtype, lead + (None, *kind.target_shape), tasks=tasks
+            ),
         )
         query = InputSpec(keys.query, tf.float32, lead + example, tasks=tasks)
         weights = InputSpec(ADAPTED_WEIGHTS, tf.float32, lead + (num_weights,), tasks=tasks)
@@ -153,7 +142,7 @@ def signature_specs(
         if name in (ADAPT, ADAPT_TASKS):
             return SignatureSpec(name, (*support, *adaptation), (ADAPTED_WEIGHTS,))
         # The non-transductive answer normalises each query with the support set (BatchNorm).
-        support_examples = () if regression else support[:1]
+        support_examples = support[:1] if kind.transductive_option else ()
         return SignatureSpec(name, (weights, *support_examples, query, *answer), outputs)
 
     return {SERVING_DEFAULT: default, **{name: spec(name) for name in SIGNATURES[1:]}}

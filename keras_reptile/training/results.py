@@ -11,7 +11,8 @@ import filelock
 
 from keras_reptile.config import Protocol
 from keras_reptile.export.model_card import Measurement
-from keras_reptile.training.evaluator import TRANSDUCTIVE, EvalResult
+from keras_reptile.task_kind import TRANSDUCTIVE
+from keras_reptile.training.evaluator import EvalResult
 
 RESULTS_FILE = "eval_results.json"
 PERIODIC_RESULTS_FILE = "periodic_results.json"

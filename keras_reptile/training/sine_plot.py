@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_reptile.algorithms import adapt_from  # noqa: E402
+from keras_reptile.algorithms import Settings, adapt_and_predict  # noqa: E402
 from keras_reptile.data.streams import task_seeds  # noqa: E402
 
 
@@ -35,19 +35,18 @@ def plot_sine_adaptation(model, optimizer, panels: dict, tasks, protocol, *, key
     for ax, (title, (weights, state)) in zip(np.atleast_1d(axes), panels.items()):
         ax.plot(grid, amplitude * np.sin(grid + phase), "k-", lw=2, label="true")
         for k, style in ((0, ":"), (1, "--"), (steps, "-")):
-            adapted = adapt_from(
+            (outputs,) = adapt_and_predict(
                 model,
                 optimizer,
                 weights,
                 state,
                 task.support_x[None],
                 task.support_y[None],
-                protocol.learning_rate,
-                k,
-                protocol.eval_batch,
+                grid[None],
+                Settings.of(k, protocol.eval_batch, protocol.learning_rate),
                 batch_seed[None],
             )
-            ax.plot(grid, model(adapted, grid[None])[0].numpy(), style, label=f"after {k} steps")
+            ax.plot(grid, outputs[0].numpy(), style, label=f"after {k} steps")
         ax.plot(task.support_x.numpy(), task.support_y.numpy(), "o", color="C3", label="support")
         ax.set_title(title)
         ax.set_xlabel("x")

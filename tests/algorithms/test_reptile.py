@@ -17,6 +17,7 @@ from keras_reptile.algorithms import (
     task_update,
 )
 from keras_reptile.models import build_model
+from keras_reptile.task_kind import CLASSIFICATION, REGRESSION
 
 SEED = tf.constant([1, 2], tf.int64)
 
@@ -24,7 +25,7 @@ SEED = tf.constant([1, 2], tf.int64)
 def linear_model(w0=0.5):
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
     model.set_weights([np.array([[w0]], np.float32)])
-    return StackedModel(model, regression=True)
+    return StackedModel(model, REGRESSION)
 
 
 def run_task(model, x, y, foml=False, **kwargs):
@@ -75,7 +76,7 @@ def test_meta_update_and_annealing_by_hand():
 
 
 def test_inner_loop_never_writes_model_variables():
-    model = StackedModel(build_model("omniglot_cnn", 3, (28, 28, 1)), regression=False)
+    model = StackedModel(build_model("omniglot_cnn", 3, (28, 28, 1)), CLASSIFICATION)
     before = [v.numpy().copy() for v in model.model.variables]
     x = tf.random.uniform([6, 28, 28, 1])
     y = tf.constant([0, 0, 1, 1, 2, 2])

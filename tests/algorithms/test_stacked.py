@@ -21,6 +21,7 @@ from keras_reptile.algorithms import (
     unflatten_weights,
 )
 from keras_reptile.models import build_model
+from keras_reptile.task_kind import CLASSIFICATION, REGRESSION
 from tests import oracle
 
 T = 3
@@ -36,7 +37,9 @@ def fixed_initialization():
 def both(name, outputs, shape, regression):
     """The stacked model and the oracle of one Keras model."""
     model = build_model(name, outputs, shape)
-    return StackedModel(model, regression), oracle.FunctionalModel(model, regression)
+    return StackedModel(
+        model, REGRESSION if regression else CLASSIFICATION
+    ), oracle.FunctionalModel(model, regression)
 
 
 def perturbed(model, num_tasks=T, seed=0):
@@ -206,14 +209,14 @@ def chain(*layers, shape=(8, 8, 1)):
 def test_a_model_it_cannot_compute_is_refused_with_what_is_unsupported(layers, what):
     model = keras.Sequential([keras.Input((8, 8, 4)), *layers()])
     with pytest.raises(ValueError, match="cannot compute") as error:
-        StackedModel(model, regression=False)
+        StackedModel(model, CLASSIFICATION)
     assert what in str(error.value) and "Received:" in str(error.value)
 
 
 def test_an_input_that_is_neither_a_vector_nor_an_image_is_refused():
     model = keras.Sequential([keras.Input((4, 4)), keras.layers.Flatten(), keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="Received: input_shape"):
-        StackedModel(model, regression=False)
+        StackedModel(model, CLASSIFICATION)
 
 
 def test_a_branching_model_is_refused():
@@ -222,7 +225,7 @@ def test_a_branching_model_is_refused():
     b = keras.layers.Dense(3)(inputs)
     model = keras.Model(inputs, keras.layers.Add()([a, b]))
     with pytest.raises(ValueError, match="Received:"):
-        StackedModel(model, regression=True)
+        StackedModel(model, REGRESSION)
 
 
 @pytest.mark.parametrize(
@@ -234,7 +237,7 @@ def test_group_sizes(tasks, groups, sizes):
 
 
 def test_flat_weights_hold_each_task_s_values_in_order_and_unflatten_exactly():
-    model = StackedModel(build_model("sine_mlp", 1, (1,)), regression=True)
+    model = StackedModel(build_model("sine_mlp", 1, (1,)), REGRESSION)
     weights = perturbed(model)
     flat = flatten_weights(weights)
     assert flat.shape == (T, model.num_weights) and model.num_weights == 4353
@@ -330,7 +333,7 @@ def test_widened_layers_match_keras_task_by_task_and_grouped(kind):
     shape = tuple(layers[0].shape[1:])
     regression = kind == "vectors"
     keras_model = keras.Sequential(layers)
-    model = StackedModel(keras_model, regression)
+    model = StackedModel(keras_model, REGRESSION if regression else CLASSIFICATION)
     plain = oracle.FunctionalModel(keras_model, regression)
     weights = perturbed(model)
     x = tf.random.uniform([T, 6, *shape])
@@ -367,7 +370,7 @@ def test_a_softmax_head_is_taken_as_logits():
         [keras.layers.Dense(3), keras.layers.Softmax()],
     ):
         keras_model = chain(keras.layers.Flatten(), *head, shape=(4, 4, 1))
-        model = StackedModel(keras_model, regression=False)
+        model = StackedModel(keras_model, CLASSIFICATION)
         x = tf.random.uniform([1, 5, 4, 4, 1])
         logits = model(stack(model.initial_weights(), 1), x)[0]
         np.testing.assert_allclose(tf.nn.softmax(logits), keras_model(x[0]), atol=1e-6)
@@ -394,10 +397,10 @@ def test_a_softmax_head_is_taken_as_logits():
 )
 def test_refusals_say_what_to_use_instead(layers, what, hint):
     with pytest.raises(ValueError, match="cannot compute") as error:
-        StackedModel(keras.Sequential([keras.Input((8, 8, 4)), *layers()]), regression=False)
+        StackedModel(keras.Sequential([keras.Input((8, 8, 4)), *layers()]), CLASSIFICATION)
     assert what in str(error.value) and hint in str(error.value)
 
 
 def test_a_sequential_without_an_input_is_refused_with_what_to_add():
     with pytest.raises(ValueError, match=r"keras.Input\(shape\)"):
-        StackedModel(keras.Sequential([keras.layers.Dense(3)]), regression=True)
+        StackedModel(keras.Sequential([keras.layers.Dense(3)]), REGRESSION)

@@ -12,6 +12,7 @@ from keras_reptile.data.preprocessing import omniglot_bits
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import Measurement, ModelCard
 from keras_reptile.export.saved_model import export_saved_model
+from keras_reptile.task_kind import REGRESSION
 from serving.client import Client, ClientError, card_summary, load_image
 from serving.launcher import REPO_ROOT, ServerProcess
 from tests.export.helpers import MINI_RECIPE, make_card, make_module
@@ -100,7 +101,7 @@ def test_library_model_card(server, rest):
         "canary": omni[2],
         "sine": ModelCard.read(export("sine", 1)),
     }
-    assert omni[1] != omni[2] and cards["sine"].regression
+    assert omni[1] != omni[2] and cards["sine"].task_kind == REGRESSION
     assert no_card.value.code == (404 if rest else "NOT_FOUND")
     assert no_card.value.message.startswith("Model bare version 1 has no model card")
     assert no_model.value.code == (404 if rest else "NOT_FOUND")

@@ -9,6 +9,7 @@ from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
 from keras_reptile.models import build_model
 from keras_reptile.models.cost import ModelCost
+from keras_reptile.task_kind import CLASSIFICATION
 from serving.cost import (
     DEFAULT_MAX_GFLOP,
     DEFAULT_MAX_MEMORY_MB,
@@ -88,7 +89,7 @@ def _arrays(support, queries, tasks=None, **options):
 
 
 def test_request_shapes_are_read_from_the_arrays():
-    specs = sig.signature_specs((28, 28, 1), regression=False)
+    specs = sig.signature_specs((28, 28, 1), CLASSIFICATION)
     one = _arrays(25, 5, inner_steps=50, inner_batch_size=5, transductive=False)
     assert request_shape(specs[sig.ADAPT_AND_PREDICT], one, (28, 28, 1)) == RequestShape(
         1, 25, 5, 50, 5, False, 784, PARALLEL_TASKS
@@ -98,7 +99,7 @@ def test_request_shapes_are_read_from_the_arrays():
         8, 25, 5, 50, 5, True, 784, PARALLEL_TASKS
     )
     # The split signatures: adapting costs the steps, answering the query pass.
-    specs = sig.signature_specs((28, 28, 1), regression=False, num_weights=10)
+    specs = sig.signature_specs((28, 28, 1), CLASSIFICATION, num_weights=10)
     support = {k: v for k, v in one.items() if k != sig.QUERY_IMAGES and k != sig.TRANSDUCTIVE}
     assert request_shape(specs[sig.ADAPT], support, (28, 28, 1)) == RequestShape(
         1, 25, 0, 50, 5, True, 784, PARALLEL_TASKS

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
+from keras_reptile.task_kind import REGRESSION
 from serving import validation
 from serving.errors import ServingError
 from serving.servable import Servable
@@ -34,7 +35,11 @@ def servable():
 
 
 def test_card_signatures_and_defaults(servable):
-    assert (servable.info.ways, servable.info.input_shape, servable.info.regression) == (
+    assert (
+        servable.info.ways,
+        servable.info.input_shape,
+        servable.info.task_kind == REGRESSION,
+    ) == (
         WAYS,
         (28, 28, 1),
         False,
@@ -123,7 +128,11 @@ def test_without_card_or_warmup_the_signatures_say_enough(tmp_path, kind, ways, 
     path = install(export(kind, 1), tmp_path, 1, edit=strip)
     servable = Servable.load(kind, 1, str(path))
     assert servable.card is None
-    assert (servable.info.ways, servable.info.input_shape, servable.info.regression) == (
+    assert (
+        servable.info.ways,
+        servable.info.input_shape,
+        servable.info.task_kind == REGRESSION,
+    ) == (
         ways,
         shape,
         regression,

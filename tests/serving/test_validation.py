@@ -7,17 +7,18 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from keras_reptile.export import signatures as sig
+from keras_reptile.task_kind import CLASSIFICATION, REGRESSION
 from serving import json_codec, model_config, validation
 from serving.client import convert
 from serving.errors import ServingError, clean_tf_message
 
-SPECS = sig.signature_specs((28, 28, 1), regression=False)
+SPECS = sig.signature_specs((28, 28, 1), CLASSIFICATION)
 ADAPT = SPECS[sig.ADAPT_AND_PREDICT]
 TASKS = SPECS[sig.ADAPT_AND_PREDICT_TASKS]
 LIMITS = validation.Limits(
     max_support=40, max_queries=20, max_inner_steps=50, max_message_bytes=2**20
 )
-INFO = validation.ModelInfo(ways=5, input_shape=(28, 28, 1), regression=False)
+INFO = validation.ModelInfo(ways=5, input_shape=(28, 28, 1), task_kind=CLASSIFICATION)
 
 
 def _task():
@@ -84,13 +85,13 @@ def test_defaulted_values_are_named_as_defaults():
 
 
 def test_regression_tasks_name_the_count_that_differs():
-    specs = sig.signature_specs((1,), regression=True)
+    specs = sig.signature_specs((1,), REGRESSION)
     arrays = {
         sig.SUPPORT_INPUTS: np.zeros((2, 3, 1), np.float32),
         sig.SUPPORT_TARGETS: np.zeros((2, 4, 1), np.float32),
         sig.QUERY_INPUTS: np.zeros((2, 5, 1), np.float32),
     }
-    info = validation.ModelInfo(1, (1,), True)
+    info = validation.ModelInfo(1, (1,), REGRESSION)
     error = _error(
         validation.check_values, specs[sig.ADAPT_AND_PREDICT_TASKS], arrays, info, LIMITS
     )
@@ -109,7 +110,7 @@ def test_regression_tasks_name_the_count_that_differs():
 
 
 def test_adapted_weights_must_have_the_model_s_length_and_task_count():
-    specs = sig.signature_specs((1,), regression=True, num_weights=7)
+    specs = sig.signature_specs((1,), REGRESSION, num_weights=7)
     predict = specs[sig.PREDICT_ADAPTED_TASKS]
     protos = {
         sig.ADAPTED_WEIGHTS: tf.make_tensor_proto(np.zeros((2, 6), np.float32)),
@@ -126,14 +127,14 @@ def test_adapted_weights_must_have_the_model_s_length_and_task_count():
         sig.ADAPTED_WEIGHTS: np.zeros((3, 7), np.float32),
         sig.QUERY_INPUTS: np.zeros((2, 5, 1), np.float32),
     }
-    info = validation.ModelInfo(1, (1,), True)
+    info = validation.ModelInfo(1, (1,), REGRESSION)
     error = _error(validation.check_values, predict, arrays, info, LIMITS)
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert error.message == (
         'Input "adapted_weights" holds 3 tasks but "query_inputs" holds 2; expected the same '
         "number of tasks in both."
     )
-    classifier = sig.signature_specs((28, 28, 1), regression=False, num_weights=7)
+    classifier = sig.signature_specs((28, 28, 1), CLASSIFICATION, num_weights=7)
     arrays = {
         sig.ADAPTED_WEIGHTS: np.zeros((2, 7), np.float32),
         sig.SUPPORT_IMAGES: np.zeros((1, 10, 28, 28, 1), np.float32),
@@ -154,13 +155,13 @@ def test_adapted_weights_must_have_the_model_s_length_and_task_count():
 
 
 def test_regression_labels_are_not_checked_as_classes():
-    specs = sig.signature_specs((1,), regression=True)
+    specs = sig.signature_specs((1,), REGRESSION)
     arrays = {
         sig.SUPPORT_INPUTS: np.zeros((3, 1), np.float32),
         sig.SUPPORT_TARGETS: np.full((3, 1), 7.0, np.float32),
         sig.QUERY_INPUTS: np.zeros((2, 1), np.float32),
     }
-    info = validation.ModelInfo(1, (1,), True)
+    info = validation.ModelInfo(1, (1,), REGRESSION)
     validation.check_values(specs[sig.ADAPT_AND_PREDICT], arrays, info, LIMITS)
 
 

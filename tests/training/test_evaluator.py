@@ -8,6 +8,7 @@ from keras_reptile.algorithms import InnerOptimizer, StackedModel
 from keras_reptile.config import Protocol
 from keras_reptile.data.base import ClassImages
 from keras_reptile.data.tasks import ClassificationTasks, SineTasks
+from keras_reptile.task_kind import CLASSIFICATION, REGRESSION
 from keras_reptile.training.evaluator import EvalResult, Evaluator
 
 
@@ -27,7 +28,7 @@ def zero_linear_model(ways, input_shape):
             keras.layers.Dense(ways, kernel_initializer="zeros", bias_initializer="zeros"),
         ]
     )
-    return StackedModel(model, regression=len(input_shape) == 1)
+    return StackedModel(model, REGRESSION if len(input_shape) == 1 else CLASSIFICATION)
 
 
 def evaluator(model, steps, ways=5, shots=1, lr=1.0, queries=1, **kwargs):
