@@ -112,6 +112,13 @@ def signature_specs(
         kind: TaskKind. Its keys, targets and outputs (`keras_reptile.task_kind`).
         num_weights: int or None. The length of `adapted_weights` (None: any length).
     """
+    from keras_reptile.task_kind import TaskKind  # noqa: F811 - task_kind imports this module
+
+    if not isinstance(kind, TaskKind):
+        raise ValueError(
+            "`kind` must be a TaskKind (keras_reptile.task_kind.CLASSIFICATION or REGRESSION). "
+            f"Received: kind={kind!r}"
+        )
     example = (None, *input_shape)
     keys, outputs = kind.keys, kind.outputs
     default = SignatureSpec(

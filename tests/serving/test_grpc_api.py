@@ -18,6 +18,7 @@ from tensorflow_serving.apis import (
 
 from keras_reptile.export import signatures as sig
 from keras_reptile.export.model_card import ModelCard
+from keras_reptile.task_kind import CLASSIFICATION
 from tests.serving import cases as bad
 from tests.serving.helpers import (
     BATCH,
@@ -207,7 +208,7 @@ def test_get_model_metadata_returns_the_signature_defs(api):
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     any_.Unpack(signature_map)
     assert set(sig.SIGNATURES) <= set(signature_map.signature_def)
-    specs = sig.signature_specs((28, 28, 1), False)
+    specs = sig.signature_specs((28, 28, 1), CLASSIFICATION)
     for name in (sig.ADAPT_AND_PREDICT, TASKS):
         sdef = signature_map.signature_def[name]
         assert set(sdef.inputs) == {i.key for i in specs[name].inputs}
