@@ -182,7 +182,11 @@ def predict_tasks(
     num_pairs = num_tasks * num_queries
     pair_task = tf.repeat(tf.range(num_tasks), num_queries)  # the task of each pair
     queries = tf.reshape(query_x, [-1, 1, *query_x.shape[2:]])  # [T*Q, 1, ...]
-    chunk = query_pass_chunk(model.cost.activation_floats, tf.shape(support_x)[1])
+    # No more networks than pairs (but two at least): a lone query runs two, not a full chunk.
+    chunk = tf.minimum(
+        query_pass_chunk(model.cost.activation_floats, tf.shape(support_x)[1]),
+        tf.maximum(2, num_pairs),
+    )
 
     def pairs(start):
         # Always `chunk` networks (the last chunk repeats the last pair), the valid ones kept:
