@@ -113,7 +113,8 @@ def estimate(model: ModelCost, r: RequestShape) -> RequestCost:
         # The pass runs its (task, query) networks a chunk at a time, each with a copy of the
         # support set and of the weights.
         chunk = int(query_pass_chunk(model.activation_floats, r.support))
-        networks = min(r.queries, chunk)  # per task: the graph maps tasks one at a time
+        # Per task (the graph maps tasks one at a time); never fewer than two networks.
+        networks = min(max(2, r.queries), chunk)
         per_network = (r.support + 1) * (model.activation_floats + r.input_floats)
         query_floats = networks * (per_network + model.weight_floats)
     per_task_flops += model.forward_flops * query_examples

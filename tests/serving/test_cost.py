@@ -60,6 +60,14 @@ def test_memory_of_the_chunked_query_pass_stays_bounded_as_queries_grow():
     assert four.gflop == pytest.approx(8 * estimate(OMNIGLOT, shape()).gflop)
 
 
+def test_a_lone_query_is_costed_as_the_two_networks_the_pass_runs():
+    # The non-transductive pass runs two (task, query) networks at least (see predict_tasks).
+    one = estimate(OMNIGLOT, shape(support=200, queries=1, inner_steps=0))
+    two = estimate(OMNIGLOT, shape(support=200, queries=2, inner_steps=0))
+    assert two.memory_bytes - one.memory_bytes == 28 * 28 * 4  # the second query's own input
+    assert one.gflop < two.gflop
+
+
 def test_limits_refuse_with_the_estimate_and_the_flag():
     limits = CostLimits(max_gflop=100, max_memory_mb=2048)
     limits.check(estimate(OMNIGLOT, shape()))
