@@ -18,11 +18,11 @@ import keras
 from keras_reptile.algorithms import StackedModel
 from keras_reptile.config import Protocol, Recipe
 from keras_reptile.data.streams import Stream, stream_key
-from keras_reptile.export.saved_model import read_exported_state
+from keras_reptile.export.saved_model import ExportedState, read_exported_state
 from keras_reptile.presets import get_preset
 from keras_reptile.training.evaluator import EvalResult, Evaluator
 from keras_reptile.training.run_folder import RunFolder, RunInfo
-from keras_reptile.training.strategy import make_strategy
+from keras_reptile.training.strategy import is_chief, make_strategy
 from keras_reptile.training.trainer import MetaTrainer, inner_optimizer
 
 # Keras callbacks that would save or restore a Keras model's weights as the run's state; the run
@@ -98,8 +98,8 @@ class MetaLearner:
         self.name, self.model_dir = name, model_dir
         self.model = StackedModel(model, self.recipe.task_kind)
         self.folder = RunFolder(model_dir)
-        self._check_model_config(model)
         self.strategy = make_strategy(self.recipe.strategy)
+        self._check_model_config(model)
         self._trainer: MetaTrainer | None = None
         self._evaluator = Evaluator(
             self.model, inner_optimizer(self.recipe), self.protocol, ways=self.recipe.classes
@@ -110,26 +110,36 @@ class MetaLearner:
         config = json.loads(model.to_json())
         saved = self.folder.keras_config()
         if saved is None:
-            self.folder.write_keras_config(config)
+            if is_chief(self.strategy):
+                self.folder.write_keras_config(config)
         elif _architecture(saved) != _architecture(config):
             raise ValueError(
                 f"{self.model_dir} holds a run of another Keras model (its config differs). "
                 f"Use another model_dir. Received: model={model.name!r}"
             )
 
-    def trainer(self, tasks=None) -> MetaTrainer:
-        """The run's `MetaTrainer`, restored from the run folder's latest checkpoint."""
+    def trainer(self, tasks=None, *, warm_start: ExportedState | None = None) -> MetaTrainer:
+        """The run's `MetaTrainer`, restored from the run folder's latest checkpoint.
+
+        `warm_start`: an export an empty run folder starts from (`MetaTrainer.warm_start`),
+        checked against the recipe before the run folder is written.
+        """
         if self._trainer is None or (tasks is not None and self._trainer.tasks is not tasks):
-            self._trainer = MetaTrainer(
+            trainer = MetaTrainer(
                 self.recipe, self.model, self.strategy, self.model_dir, train_tasks=tasks
             )
-            self._trainer.restore()
-            if self.folder.info() is None:
+            if warm_start is not None:
+                trainer.warm_start(warm_start)
+            trainer.restore()
+            self._trainer = trainer
+            if self.folder.info() is None and is_chief(self.strategy):
                 self.folder.write_info(
                     RunInfo(
                         self.name, self.protocol, tuple(self.model.input_shape), None, "api", None
                     )  # fmt: skip
                 )
+        elif warm_start is not None:
+            self._trainer.warm_start(warm_start)
         return self._trainer
 
     @property
@@ -140,7 +150,8 @@ class MetaLearner:
     def warm_start(self, source: str) -> int:
         """Starts an empty run folder from an export of this package (a version or its base
         folder): its initialization, carried Adam statistics and step. Returns the step."""
-        return self.trainer().warm_start(read_exported_state(source))
+        self.trainer(warm_start=read_exported_state(source))
+        return self.step
 
     def fit(
         self,

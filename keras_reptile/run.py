@@ -1,4 +1,5 @@
-"""One library call per run: meta-train, evaluate with a protocol, export.
+"""One library call per run: meta-train, evaluate with a protocol, export, over the training
+API (`keras_reptile.Reptile` and `FOMAML`).
 
 A run folder (`model_dir`, `training.run_folder.RunFolder`) holds one training recipe's
 checkpoints and everything needed to go on without flags.
@@ -23,13 +24,14 @@ from keras_reptile.export.saved_model import (
     export_saved_model,
     read_exported_state,
 )
+from keras_reptile.meta_learner import FOMAML, Reptile
 from keras_reptile.models import MODELS, build_model
 from keras_reptile.training.evaluator import Evaluator
 from keras_reptile.training.results import (
     measurements,
 )
 from keras_reptile.training.run_folder import RunFolder, RunInfo
-from keras_reptile.training.strategy import is_chief, make_strategy
+from keras_reptile.training.strategy import is_chief
 from keras_reptile.training.summaries import ScalarWriter
 from keras_reptile.training.trainer import (
     MetaTrainer,
@@ -46,17 +48,20 @@ def read_run(model_dir: str) -> tuple[Recipe, RunInfo] | None:
     return None if info is None else (read_recipe(model_dir), info)
 
 
-def build_stacked_model(
-    recipe: Recipe, input_shape, keras_config: dict | None = None
-) -> StackedModel:
+def build_keras_model(recipe: Recipe, input_shape, keras_config: dict | None = None) -> keras.Model:
     """The registered model (or, outside the registry, the model of `keras_config`) with its
     deterministic initialization for `recipe.seed` and `recipe.replicate`."""
     keras.utils.set_random_seed(initialization_seed(recipe.seed, recipe.replicate))
     if recipe.model in MODELS or keras_config is None:
-        model = build_model(recipe.model, recipe.classes, tuple(input_shape))
-    else:
-        model = keras.models.model_from_json(json.dumps(keras_config))
-    return StackedModel(model, recipe.task_kind)
+        return build_model(recipe.model, recipe.classes, tuple(input_shape))
+    return keras.models.model_from_json(json.dumps(keras_config))
+
+
+def build_stacked_model(
+    recipe: Recipe, input_shape, keras_config: dict | None = None
+) -> StackedModel:
+    """`build_keras_model`'s model, stacked for `recipe`'s task kind."""
+    return StackedModel(build_keras_model(recipe, input_shape, keras_config), recipe.task_kind)
 
 
 def run(
@@ -102,7 +107,6 @@ def run(
         raise ValueError(f"Unknown mode. Expected one of {MODES}. Received: mode={mode!r}")
     recipe.validate()
     protocol.validate(recipe)
-    strategy = make_strategy(recipe.strategy)
     stored = read_run(model_dir)
     needs_data = mode != "export" or stored is None
     train_tasks = test_tasks = None
@@ -123,34 +127,31 @@ def run(
     source = read_exported_state(warm_start_from) if warm_start_from else None
     keras_config = RunFolder(model_dir).keras_config()
     if keras_config is None and source and source.card.keras_config:
-        keras_config = source.card.keras_config  # the run folder records it from now on
-        if is_chief(strategy):
-            RunFolder(model_dir).write_keras_config(keras_config)
-    model = build_stacked_model(recipe, input_shape, keras_config)
+        keras_config = source.card.keras_config  # the learner records it in the run folder
+    learner_class = FOMAML if recipe.foml else Reptile
+    learner = learner_class(
+        build_keras_model(recipe, input_shape, keras_config),
+        model_dir=model_dir,
+        recipe=recipe,
+        protocol=protocol,
+        name=name,
+    )
+    strategy = learner.strategy
     splits = {"train": train_tasks, "test": test_tasks}
     if not recipe.task_kind.class_splits:
         splits = {"test": test_tasks}
     periodic_splits = {
         k: v for k, v in splits.items() if k != "train" or protocol.eval_train_classes
     }
-    trainer = MetaTrainer(
-        recipe,
-        model,
-        strategy,
-        model_dir,
-        train_tasks=train_tasks,
-        periodic_eval=(
-            (_evaluator(recipe, protocol, model), periodic_splits) if needs_data else None
-        ),
-    )
-    if source:
-        trainer.warm_start(source)
-    step = trainer.restore()  # refuses a run folder of another recipe before anything is written
+    # Refuses a run folder of another recipe, or a source it cannot start from, before
+    # anything is written.
+    learner.trainer(train_tasks, warm_start=source)
+    step = learner.step
     if is_chief(strategy):
         _write_run_info(model_dir, stored, name, protocol, input_shape, needs_data, data_dir,
                         data_source, tfds_manual_dir)  # fmt: skip
     if mode in ("train", "all"):
-        trainer.train()
+        learner.fit(train_tasks, validation_tasks=periodic_splits if needs_data else None)
     elif step == 0:
         raise ValueError(
             f"No checkpoint to {mode} in the model directory; train first (--mode=train or all). "
@@ -160,9 +161,9 @@ def run(
         return []
     measured = []
     if mode in ("evaluate", "all"):
-        measured = evaluate(recipe, protocol, trainer, splits, model_dir)
+        measured = evaluate(recipe, protocol, learner.trainer(), splits, model_dir)
     if mode in ("export", "all"):
-        path = export(name, protocol, trainer, export_dir or os.path.join("saved_models", name))
+        path = learner.export(export_dir or os.path.join("saved_models", name))
         print(f"Exported SavedModel: {path}", flush=True)
     return measured
 
@@ -289,4 +290,13 @@ def export(name: str, protocol: Protocol, trainer: MetaTrainer, export_dir: str)
     return export_saved_model(module, export_dir, card)
 
 
-__all__ = ["MODES", "RunInfo", "build_stacked_model", "evaluate", "export", "read_run", "run"]
+__all__ = [
+    "MODES",
+    "RunInfo",
+    "build_keras_model",
+    "build_stacked_model",
+    "evaluate",
+    "export",
+    "read_run",
+    "run",
+]
