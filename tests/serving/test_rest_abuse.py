@@ -39,6 +39,7 @@ REST_LIMITS = RestLimits(
     max_concurrent_decodes=1,
 )
 LIGHT_SECONDS = 2.0  # a status request sent during an abusive one is answered within this
+HANG_SECONDS = 10.0  # an abusive request is answered within this: longer means it waited
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +294,9 @@ def test_abusive_request_gets_its_status_and_the_server_stays_up(server, case, c
         client.join(10)
     assert status == case.status, body
     assert set(body) == {"error"} and case.message in body["error"], body
-    assert took < 3.0, took
+    # A hang detector, not a speed check (benchmarks/serving_memory.py measures the worst body):
+    # the answer comes without waiting for the client, whatever else the machine runs.
+    assert took < HANG_SECONDS, took
     assert _light(_port(server)) < LIGHT_SECONDS
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not errors, [r.getMessage() for r in errors]  # client input logs no traceback
